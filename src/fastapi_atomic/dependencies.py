@@ -1,0 +1,39 @@
+"""FastAPI dependencies: the request's unit of work and its AsyncSession as Annotated aliases."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .exceptions import UnitOfWorkMissing
+from .unit_of_work import IsolationLevel, UnitOfWork
+
+
+def get_unit_of_work(request: Request) -> UnitOfWork:
+    uow = request.scope.get("fastapi_atomic.uow")
+    if not isinstance(uow, UnitOfWork):
+        raise UnitOfWorkMissing()
+    return uow
+
+
+def get_db(request: Request) -> AsyncSession:
+    return get_unit_of_work(request).db
+
+
+UoW = Annotated[UnitOfWork, Depends(get_unit_of_work)]
+DB = Annotated[AsyncSession, Depends(get_db)]
+
+
+def isolation_level(level: IsolationLevel) -> Callable[[Request], None]:
+    """A dependency that runs the route's transaction at ``level``.
+
+    ``@router.post("/transfers", dependencies=[Depends(isolation_level("SERIALIZABLE"))])``
+    """
+
+    def apply(request: Request) -> None:
+        get_unit_of_work(request).set_isolation_level(level)
+
+    return apply

@@ -1,0 +1,39 @@
+"""Errors of the library. Each message says how to fix the problem it names."""
+
+from __future__ import annotations
+
+
+class AtomicError(Exception):
+    """Base class of every error raised by fastapi_atomic."""
+
+
+class ConfigurationError(AtomicError):
+    """The library is wired up wrongly; the message says what to change."""
+
+
+class UnitOfWorkMissing(ConfigurationError):
+    def __init__(self) -> None:
+        super().__init__(
+            "No unit of work in this request: add AtomicMiddleware to the app "
+            "(app.add_middleware(AtomicMiddleware, engine=engine))."
+        )
+
+
+class TooLate(ConfigurationError):
+    """A setting that must come before the first statement came after it."""
+
+
+class ServiceUnavailable(AtomicError):
+    """A backing service (database, session store) did not answer: the client gets a 503.
+
+    Raise it (or a subclass) from a before-commit hook or a route to turn the request into a
+    clean 503 with ``detail`` as its message; the transaction is rolled back.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class CommitFailed(ServiceUnavailable):
+    """The final COMMIT failed: nothing of the request persisted, and the client is told so."""

@@ -1,0 +1,49 @@
+"""Prometheus counters for what the unit of work decided: commits, rollbacks, retries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+
+@dataclass(frozen=True)
+class AtomicMetrics:
+    requests: Counter
+    commits: Counter
+    rollbacks: Counter
+    retries: Counter
+
+    _default: ClassVar[AtomicMetrics | None] = None
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> AtomicMetrics:
+        return cls(
+            requests=Counter(
+                "atomic_requests",
+                "Requests by how their unit of work ended.",
+                ["outcome"],
+                registry=registry,
+            ),
+            commits=Counter("atomic_commits", "Request transactions committed.", registry=registry),
+            rollbacks=Counter(
+                "atomic_rollbacks",
+                "Request transactions rolled back.",
+                ["reason"],
+                registry=registry,
+            ),
+            retries=Counter(
+                "atomic_retries",
+                "Requests re-run after a retryable failure.",
+                ["reason"],
+                registry=registry,
+            ),
+        )
+
+    @classmethod
+    def default(cls) -> AtomicMetrics:
+        """One set of counters in the process-wide registry, shared by every app."""
+        if cls._default is None:
+            cls._default = cls.create(REGISTRY)
+        return cls._default

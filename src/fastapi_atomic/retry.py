@@ -1,0 +1,58 @@
+"""Which database errors are worth re-running a whole request for, and how long to wait.
+
+PostgreSQL's advice for serialization failures and deadlocks is to retry the complete
+transaction, including the logic that chose its statements; SQLite's "database is locked"
+is the same situation for a single-writer database once its busy timeout ran out.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError
+
+SERIALIZATION_FAILURE = "serialization_failure"
+DEADLOCK = "deadlock"
+DATABASE_LOCKED = "database_locked"
+
+_SQLSTATES = {"40001": SERIALIZATION_FAILURE, "40P01": DEADLOCK}
+_SQLITE_LOCKED = ("database is locked", "database table is locked")
+
+
+def retry_reason(exc: BaseException) -> str | None:
+    """Name the retryable failure behind ``exc`` (following its cause chain), or None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        reason = _reason_of(current)
+        if reason is not None:
+            return reason
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _reason_of(exc: BaseException) -> str | None:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if isinstance(code, str) and code in _SQLSTATES:
+        return _SQLSTATES[code]
+    if type(orig).__name__ == "OperationalError" and any(
+        text in str(orig) for text in _SQLITE_LOCKED
+    ):
+        return DATABASE_LOCKED
+    return None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Bounded retries with "full jitter" exponential backoff (AWS architecture blog)."""
+
+    attempts: int = 5
+    base: float = 0.01
+    cap: float = 0.5
+
+    def delay(self, retry_number: int) -> float:
+        """Seconds to wait before retry ``retry_number`` (1 for the first retry)."""
+        return random.uniform(0, min(self.cap, self.base * 2**retry_number))

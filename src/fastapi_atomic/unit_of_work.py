@@ -1,0 +1,272 @@
+"""The request's unit of work: one lazy AsyncSession, one transaction, hooks around the commit.
+
+Only the unit of work commits. Services receive its AsyncSession and never call ``commit()``
+themselves; that is what lets the middleware keep a request atomic and re-run it after a
+serialization failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session
+from starlette.datastructures import MutableHeaders
+
+from .engine import SQLITE_BEGIN_OPTION
+from .exceptions import TooLate
+from .retry import Backoff, retry_reason
+
+logger = logging.getLogger("fastapi_atomic")
+
+T = TypeVar("T")
+IsolationLevel = Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+Hook = Callable[[], Awaitable[None] | None]
+HeaderHook = Callable[[MutableHeaders], None]
+
+
+class UnitOfWork:
+    """Everything one request does to the database, committed once or not at all.
+
+    The AsyncSession is created on first use of :attr:`db`; a request that never touches it
+    never takes a connection from the pool.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        write_intent: bool = True,
+        isolation_level: IsolationLevel | None = None,
+        phase_backoff: Backoff | None = None,
+    ) -> None:
+        self.engine = engine
+        self.write_intent = write_intent
+        self.isolation_level = isolation_level
+        self.phase_backoff = phase_backoff or Backoff()
+        #: room for extensions (web session, idempotency) to keep per-request state
+        self.extensions: dict[str, Any] = {}
+        self._db: AsyncSession | None = None
+        self._wrote = False
+        self._before_commit: list[Hook] = []
+        self._on_rollback: list[Hook] = []
+        self._header_hooks: list[HeaderHook] = []
+        self._after_commit: list[list[Hook]] = [[]]
+        self._phases_committed = 0
+        self._external_effects = False
+        self.committed = False
+        self.rolled_back = False
+
+    # --- the AsyncSession -------------------------------------------------------------
+
+    @property
+    def db(self) -> AsyncSession:
+        """The request's AsyncSession, created on first use."""
+        if self._db is None:
+            self._db = self._new_session(self.isolation_level, self.write_intent)
+            event.listen(self._db.sync_session, "do_orm_execute", self._note_write)
+            event.listen(self._db.sync_session, "after_flush", self._note_flush)
+        return self._db
+
+    @property
+    def has_session(self) -> bool:
+        return self._db is not None
+
+    def set_isolation_level(self, level: IsolationLevel) -> None:
+        """Choose the isolation level of the request's transaction (before its first statement)."""
+        if self._db is not None and self._db.in_transaction():
+            raise TooLate(
+                f"Isolation level {level} requested after the transaction began: set it before "
+                "the first query, e.g. with Depends(isolation_level(...)) listed before the db."
+            )
+        self.isolation_level = level
+        if self._db is not None:
+            self._db = None
+
+    def _new_session(self, isolation_level: IsolationLevel | None, write: bool) -> AsyncSession:
+        options: dict[str, Any] = {}
+        if self.engine.dialect.name == "sqlite":
+            options[SQLITE_BEGIN_OPTION] = "IMMEDIATE" if write else "DEFERRED"
+        elif isolation_level is not None:
+            options["isolation_level"] = isolation_level
+        bind = _engine_variant(self.engine, options)
+        return AsyncSession(bind=bind, expire_on_commit=False, autoflush=True)
+
+    def _note_write(self, state: ORMExecuteState) -> None:
+        if not state.is_select:
+            self._wrote = True
+
+    def _note_flush(self, _session: Session, _ctx: Any) -> None:
+        self._wrote = True
+
+    # --- hooks -------------------------------------------------------------------------
+
+    def before_commit(self, hook: Hook) -> None:
+        """Run ``hook`` after the handler succeeded, inside the transaction, before COMMIT.
+
+        An exception from it rolls everything back, like an exception from the handler.
+        """
+        self._before_commit.append(hook)
+
+    def on_commit(self, hook: Hook) -> None:
+        """Run ``hook`` once the request's transaction committed (Django's ``on_commit``).
+
+        Registered inside a savepoint that rolls back, it is dropped. It never runs for a
+        request that rolled back, and an exception from it is logged, not raised.
+        """
+        self._after_commit[-1].append(hook)
+
+    def on_rollback(self, hook: Hook) -> None:
+        """Run ``hook`` when the transaction ends without a commit (to undo outside writes)."""
+        self._on_rollback.append(hook)
+
+    def on_response_headers(self, hook: HeaderHook) -> None:
+        """Let ``hook`` add headers to a response whose transaction committed."""
+        self._header_hooks.append(hook)
+
+    # --- savepoints and phases ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[AsyncSession]:
+        """A nested atomic block: on an exception only its own work (and hooks) is undone."""
+        self._after_commit.append([])
+        try:
+            async with self.db.begin_nested():
+                yield self.db
+        except BaseException:
+            self._after_commit.pop()
+            raise
+        hooks = self._after_commit.pop()
+        self._after_commit[-1].extend(hooks)
+
+    async def run_phase(
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        isolation_level: IsolationLevel | None = None,
+    ) -> T:
+        """Run ``work`` in its own transaction and commit it now, retrying it if it must.
+
+        For requests that have to commit before talking to the outside world (a card charge):
+        the phase's effects survive whatever the rest of the request does, so after the first
+        phase the request as a whole is no longer re-run on a serialization failure.
+        """
+        await self.release()
+        attempt = 1
+        while True:
+            db = self._new_session(isolation_level, write=True)
+            try:
+                result = await work(db)
+                await db.commit()
+            except Exception as exc:
+                await db.rollback()
+                reason = retry_reason(exc)
+                if reason is None or attempt >= self.phase_backoff.attempts:
+                    raise
+                logger.info("retrying phase after %s (attempt %d)", reason, attempt)
+                await asyncio.sleep(self.phase_backoff.delay(attempt))
+                attempt += 1
+            else:
+                self._phases_committed += 1
+                return result
+            finally:
+                await db.close()
+
+    async def release(self) -> None:
+        """Give the connection back before a slow outside call, if nothing was written yet.
+
+        A transaction that only read is ended (its reads may be repeated later); one that wrote
+        cannot be, since ending it would lose the writes, so that is a programming error.
+        """
+        if self._db is None or not self._db.in_transaction():
+            return
+        if self._wrote or self._db.new or self._db.dirty or self._db.deleted:
+            raise TooLate(
+                "The request's transaction already wrote; it cannot be released before an "
+                "outside call. Move those writes into uow.run_phase(...) or after the call."
+            )
+        await self._db.rollback()
+
+    def mark_external_effect(self) -> None:
+        """Record that something outside the database happened: never re-run this request."""
+        self._external_effects = True
+
+    @property
+    def can_retry(self) -> bool:
+        """True while re-running the request from scratch cannot repeat a durable effect."""
+        return self._phases_committed == 0 and not self._external_effects and not self.committed
+
+    # --- the end of the request --------------------------------------------------------
+
+    async def commit(self) -> None:
+        """Before-commit hooks, then COMMIT. On failure the caller must call :meth:`rollback`."""
+        for hook in self._before_commit:
+            await _call(hook)
+        if self._db is not None and self._db.in_transaction():
+            await self._db.commit()
+        self.committed = True
+
+    def apply_response_headers(self, headers: MutableHeaders) -> None:
+        for hook in self._header_hooks:
+            hook(headers)
+
+    async def rollback(self) -> None:
+        """Undo the transaction and run the on-rollback hooks (each failure only logged)."""
+        if self.rolled_back or self.committed:
+            return
+        self.rolled_back = True
+        if self._db is not None:
+            try:
+                await self._db.rollback()
+            except Exception:
+                logger.exception("rollback failed; the connection is discarded")
+        for hook in self._on_rollback:
+            try:
+                await _call(hook)
+            except Exception:
+                logger.exception("on_rollback hook %r failed", hook)
+
+    async def run_after_commit_hooks(self) -> None:
+        if not self.committed:
+            return
+        hooks, self._after_commit = self._after_commit[0], [[]]
+        for hook in hooks:
+            try:
+                await _call(hook)
+            except Exception:
+                logger.exception("after-commit hook %r failed; the request stays committed", hook)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            try:
+                await self._db.close()
+            except Exception:
+                logger.exception("closing the request's AsyncSession failed")
+            self._db = None
+
+
+async def _call(hook: Hook) -> None:
+    result = hook()
+    if inspect.isawaitable(result):
+        await result
+
+
+_VARIANTS: dict[tuple[int, tuple[tuple[str, Any], ...]], AsyncEngine] = {}
+
+
+def _engine_variant(engine: AsyncEngine, options: dict[str, Any]) -> AsyncEngine:
+    """The engine with ``options`` applied, cached: option engines share the pool."""
+    if not options:
+        return engine
+    key = (id(engine), tuple(sorted(options.items())))
+    variant = _VARIANTS.get(key)
+    if variant is None or variant.sync_engine.pool is not engine.sync_engine.pool:
+        variant = engine.execution_options(**options)
+        _VARIANTS[key] = variant
+    return variant

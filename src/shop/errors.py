@@ -1,0 +1,39 @@
+"""Domain errors raised by services; the API turns each into its status code and detail."""
+
+from __future__ import annotations
+
+
+class ShopError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(ShopError):
+    status_code = 404
+
+
+class Conflict(ShopError):
+    status_code = 409
+
+
+class Unprocessable(ShopError):
+    status_code = 422
+
+
+class PaymentDeclined(ShopError):
+    status_code = 402
+
+
+class GatewayUnavailable(ShopError):
+    status_code = 503
+
+
+class Forbidden(ShopError):
+    status_code = 403
+
+
+class NotAuthenticated(ShopError):
+    status_code = 401

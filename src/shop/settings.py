@@ -1,0 +1,68 @@
+"""The shop's configuration: SHOP_* environment variables (and a .env file), read once."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger("shop")
+
+DEV_SECRET_FILE = Path(".shop-secret-key")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./shop.db"
+    session_store: Literal["sql", "redis", "memory"] = "sql"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    cookie_secure: bool = True
+    session_idle_timeout: int = Field(1800, gt=0)
+    session_absolute_timeout: int = Field(43200, gt=0)
+    admin_email: str | None = None
+    admin_password: SecretStr | None = None
+    payment_gateway: str = "fake"
+    fake_gateway_latency_ms: int = Field(0, ge=0)
+    max_body_size: int = Field(1024 * 1024, gt=0)
+    db_pool_size: int = Field(10, gt=0)
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_safe(self) -> Settings:
+        if self.env == "production":
+            if not self.secret_keys:
+                raise ValueError("SHOP_ENV=production needs SHOP_SECRET_KEYS (comma-separated).")
+            if any(len(key.get_secret_value()) < 32 for key in self.secret_keys):
+                raise ValueError("SHOP_SECRET_KEYS: each key needs at least 32 characters.")
+            if not self.cookie_secure:
+                raise ValueError("SHOP_ENV=production refuses SHOP_COOKIE_SECURE=false.")
+        return self
+
+    def signing_keys(self) -> list[str]:
+        """The key ring; in development a key generated once and kept in a local file."""
+        if self.secret_keys:
+            return [key.get_secret_value() for key in self.secret_keys]
+        if DEV_SECRET_FILE.exists():
+            return [DEV_SECRET_FILE.read_text().strip()]
+        key = secrets.token_urlsafe(48)
+        DEV_SECRET_FILE.write_text(key + "\n")
+        DEV_SECRET_FILE.chmod(0o600)
+        logger.warning(
+            "SHOP_SECRET_KEYS is not set: generated a development key in %s. "
+            "Set SHOP_SECRET_KEYS in production.",
+            DEV_SECRET_FILE,
+        )
+        return [key]
