@@ -1,0 +1,331 @@
+"""The unit of work on real databases: commit, rollback, commit failure, retries, hooks.
+
+A small app of its own (one table of items) keeps these tests about the library, not the shop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI, HTTPException, Request
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fastapi_atomic import (
+    DB,
+    AtomicMetrics,
+    AtomicMiddleware,
+    Backoff,
+    UoW,
+    create_engine,
+    isolation_level,
+)
+
+metadata = MetaData()
+items = Table(
+    "items",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(50), nullable=False, unique=True),
+    Column("grp", String(20), nullable=False, default="a"),
+)
+
+FAST_RETRIES = Backoff(attempts=4, base=0.001, cap=0.005)
+
+
+@dataclass
+class Harness:
+    engine: AsyncEngine
+    client: httpx.AsyncClient
+    metrics: AtomicMetrics
+    hooks: list[str] = field(default_factory=list)
+    checkouts: int = 0
+
+    async def names(self) -> list[str]:
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(select(items.c.name).order_by(items.c.id))
+            return [row[0] for row in rows]
+
+    def count(self, counter: Any, **labels: str) -> float:
+        metric = counter.labels(**labels) if labels else counter
+        return float(metric._value.get())
+
+
+def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastAPI:
+    app = FastAPI()
+    app.add_middleware(
+        AtomicMiddleware,
+        engine=harness.engine,
+        backoff=FAST_RETRIES,
+        max_body_size=1000,
+        metrics=harness.metrics,
+    )
+    first_attempts: set[str] = set()
+
+    @app.post("/items/{name}")
+    async def add(name: str, db: DB, uow: UoW) -> dict[str, str]:
+        await db.execute(insert(items).values(name=name))
+        uow.on_commit(lambda: harness.hooks.append(f"committed {name}"))
+        return {"name": name}
+
+    @app.post("/fail-after-flush/{name}")
+    async def fail(name: str, db: DB) -> None:
+        await db.execute(insert(items).values(name=name))
+        raise RuntimeError("boom after the flush")
+
+    @app.post("/conflict-after-flush/{name}")
+    async def conflict(name: str, db: DB, uow: UoW) -> None:
+        await db.execute(insert(items).values(name=name))
+        uow.on_commit(lambda: harness.hooks.append("must not run"))
+        raise HTTPException(409, "conflict after a write")
+
+    @app.post("/commit-fails/{name}")
+    async def commit_fails(name: str, db: DB) -> dict[str, str]:
+        # A constraint checked only at COMMIT: the handler succeeds, the commit does not.
+        if db.bind.dialect.name == "postgresql":
+            await db.execute(text("SET CONSTRAINTS ALL DEFERRED"))
+            await db.execute(text("INSERT INTO children (parent_id) VALUES (999999)"))
+        else:
+            await db.execute(text("PRAGMA defer_foreign_keys = ON"))
+            await db.execute(text("INSERT INTO children (parent_id) VALUES (999999)"))
+        await db.execute(insert(items).values(name=name))
+        return {"name": name}
+
+    @app.post("/savepoint/{name}")
+    async def savepoint(name: str, db: DB, uow: UoW) -> dict[str, bool]:
+        duplicate = False
+        try:
+            async with uow.savepoint():
+                uow.on_commit(lambda: harness.hooks.append("inside rolled-back savepoint"))
+                await db.execute(insert(items).values(name="taken"))
+        except IntegrityError:
+            duplicate = True
+        await db.execute(insert(items).values(name=name))
+        return {"duplicate": duplicate}
+
+    @app.post("/write-skew/{name}", dependencies=[Depends(isolation_level("SERIALIZABLE"))])
+    async def write_skew(name: str, request: Request, db: DB) -> dict[str, int]:
+        # Classic write skew: both read the group's count, both insert; SERIALIZABLE aborts one.
+        seen = (
+            await db.execute(select(func.count()).select_from(items).where(items.c.grp == "g"))
+        ).scalar_one()
+        if barrier is not None and name not in first_attempts:
+            first_attempts.add(name)
+            await asyncio.wait_for(barrier.wait(), timeout=10)
+        await db.execute(insert(items).values(name=name, grp="g"))
+        return {"seen": seen}
+
+    @app.get("/isolation", dependencies=[Depends(isolation_level("SERIALIZABLE"))])
+    async def isolation(db: DB) -> dict[str, str]:
+        level = (await db.execute(text("SHOW transaction_isolation"))).scalar_one()
+        return {"level": str(level)}
+
+    @app.post("/always-locked")
+    async def always_locked(db: DB) -> None:
+        harness.hooks.append("attempt")
+        raise OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict[str, Any]:
+        return {"body": (await request.body()).decode()}
+
+    @app.post("/retry-body")
+    async def retry_body(request: Request, db: DB) -> dict[str, Any]:
+        harness.hooks.append((await request.body()).decode())
+        if len(harness.hooks) == 1:
+            raise OperationalError("...", {}, sqlite3.OperationalError("database is locked"))
+        return {"attempts": len(harness.hooks)}
+
+    @app.post("/failing-hook/{name}")
+    async def failing_hook(name: str, db: DB, uow: UoW) -> dict[str, str]:
+        def explode() -> None:
+            raise RuntimeError("hook failed")
+
+        await db.execute(insert(items).values(name=name))
+        uow.on_commit(explode)
+        uow.on_commit(lambda: harness.hooks.append("second hook still runs"))
+        return {"name": name}
+
+    @app.get("/no-db")
+    async def no_db() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/phase-then-decline/{name}")
+    async def phase_then_decline(name: str, uow: UoW) -> None:
+        async def reserve(db: Any) -> None:
+            await db.execute(insert(items).values(name=name))
+
+        await uow.run_phase(reserve)
+        await uow.db.execute(insert(items).values(name=name + "-main"))
+        raise HTTPException(402, "declined after the phase committed")
+
+    return app
+
+
+@pytest.fixture
+async def harness(database_url: str) -> AsyncIterator[Harness]:
+    async with _harness(database_url) as h:
+        yield h
+
+
+@pytest.fixture
+async def pg_harness(postgres_url: str) -> AsyncIterator[Harness]:
+    async with _harness(postgres_url) as h:
+        yield h
+
+
+@contextlib.asynccontextmanager
+async def _harness(database_url: str) -> AsyncIterator[Harness]:
+    engine = create_engine(database_url)
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.drop_all)
+        await connection.execute(text("DROP TABLE IF EXISTS children"))
+        await connection.execute(text("DROP TABLE IF EXISTS parents"))
+        await connection.run_sync(metadata.create_all)
+        await connection.execute(text("CREATE TABLE parents (id INTEGER PRIMARY KEY)"))
+        postgres = connection.dialect.name == "postgresql"
+        key = "SERIAL PRIMARY KEY" if postgres else "INTEGER PRIMARY KEY"
+        deferrable = "DEFERRABLE" if postgres else ""
+        await connection.execute(
+            text(
+                f"CREATE TABLE children (id {key}, parent_id INTEGER "
+                f"REFERENCES parents (id) {deferrable})"
+            )
+        )
+    h = Harness(engine=engine, client=None, metrics=AtomicMetrics.create(CollectorRegistry()))  # type: ignore[arg-type]
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _count(*_args: Any) -> None:
+        h.checkouts += 1
+
+    yield h
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.drop_all)
+        await connection.execute(text("DROP TABLE IF EXISTS children"))
+        await connection.execute(text("DROP TABLE IF EXISTS parents"))
+    await engine.dispose()
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://test")
+
+
+async def test_commit_on_success(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/items/one")
+    assert response.status_code == 200
+    assert await harness.names() == ["one"]
+    assert harness.hooks == ["committed one"]
+
+
+async def test_exception_after_flush_rolls_back(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/fail-after-flush/ghost")
+    assert response.status_code == 500
+    assert await harness.names() == []
+
+
+async def test_error_status_after_write_rolls_back_and_skips_hooks(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/conflict-after-flush/ghost")
+    assert response.status_code == 409
+    assert response.json() == {"detail": "conflict after a write"}
+    assert await harness.names() == []
+    assert harness.hooks == []
+
+
+async def test_failed_commit_is_never_a_success(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/commit-fails/lost")
+    assert response.status_code == 503
+    assert "nothing was changed" in response.json()["detail"]
+    assert await harness.names() == []
+    assert harness.count(harness.metrics.rollbacks, reason="commit_failed") == 1
+
+
+async def test_savepoint_undoes_only_its_block_and_its_hooks(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        assert (await client.post("/items/taken")).status_code == 200
+        harness.hooks.clear()
+        response = await client.post("/savepoint/kept")
+    assert response.json() == {"duplicate": True}
+    assert await harness.names() == ["taken", "kept"]
+    assert harness.hooks == []
+
+
+async def test_retries_are_bounded(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/always-locked")
+    assert response.status_code == 503
+    assert harness.hooks == ["attempt"] * FAST_RETRIES.attempts
+    assert harness.count(harness.metrics.retries, reason="database_locked") == (
+        FAST_RETRIES.attempts - 1
+    )
+
+
+async def test_a_retried_request_reads_its_body_again(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/retry-body", content=b"payload")
+    assert response.json() == {"attempts": 2}
+    assert harness.hooks == ["payload", "payload"]
+
+
+async def test_body_over_the_limit_is_413(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/echo", content=b"x" * 1001)
+        small = await client.post("/echo", content=b"x" * 1000)
+    assert response.status_code == 413
+    assert "larger than 1000 bytes" in response.json()["detail"]
+    assert small.status_code == 200
+
+
+async def test_request_without_database_work_takes_no_connection(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        before = harness.checkouts
+        response = await client.get("/no-db")
+    assert response.status_code == 200
+    assert harness.checkouts == before
+
+
+async def test_phase_commits_even_when_the_request_fails(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/phase-then-decline/order")
+    assert response.status_code == 402
+    assert await harness.names() == ["order"]  # the phase stays, the main transaction does not
+
+
+async def test_serialization_failure_is_retried_on_postgres(pg_harness: Harness) -> None:
+    harness = pg_harness
+    barrier = asyncio.Barrier(2)
+    async with client_for(build_app(harness, barrier)) as client:
+        first, second = await asyncio.gather(
+            client.post("/write-skew/first"), client.post("/write-skew/second")
+        )
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert sorted([first.json()["seen"], second.json()["seen"]]) == [0, 1]
+    assert sorted(await harness.names()) == ["first", "second"]
+    assert harness.count(harness.metrics.retries, reason="serialization_failure") == 1
+
+
+async def test_isolation_level_per_route_on_postgres(pg_harness: Harness) -> None:
+    async with client_for(build_app(pg_harness)) as client:
+        response = await client.get("/isolation")
+    assert response.json() == {"level": "serializable"}
+
+
+async def test_failing_after_commit_hook_keeps_the_request_committed(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/failing-hook/kept")
+    assert response.status_code == 200
+    assert await harness.names() == ["kept"]
+    assert harness.hooks == ["second hook still runs"]

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from shop import settings as settings_module
+from shop.settings import Settings
+
+
+def make(**values: object) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg, arg-type]
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = make()
+    assert settings.database_url == "sqlite+aiosqlite:///./shop.db"
+    assert settings.session_store == "sql"
+    assert settings.cookie_secure is True
+    assert (settings.session_idle_timeout, settings.session_absolute_timeout) == (1800, 43200)
+    assert settings.payment_gateway == "fake"
+
+
+def test_secret_keys_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_SECRET_KEYS", "first-key, second-key ,")
+    assert Settings(_env_file=None).signing_keys() == ["first-key", "second-key"]  # type: ignore[call-arg]
+
+
+def test_production_requires_secret_keys() -> None:
+    with pytest.raises(ValidationError, match="needs SHOP_SECRET_KEYS"):
+        make(env="production")
+
+
+def test_production_refuses_insecure_cookies() -> None:
+    with pytest.raises(ValidationError, match="SHOP_COOKIE_SECURE=false"):
+        make(env="production", secret_keys=["k" * 40], cookie_secure=False)
+
+
+def test_production_refuses_short_keys() -> None:
+    with pytest.raises(ValidationError, match="at least 32"):
+        make(env="production", secret_keys=["short"])
+
+
+def test_development_key_is_generated_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "DEV_SECRET_FILE", tmp_path / "key")
+    first = make().signing_keys()
+    assert first == make().signing_keys()
+    assert len(first[0]) >= 32
+    assert (tmp_path / "key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "soon"])
+def test_timeouts_must_be_positive_numbers(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("SHOP_SESSION_IDLE_TIMEOUT", value)
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
