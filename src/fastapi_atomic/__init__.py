@@ -10,10 +10,12 @@ from .exceptions import (
     AtomicError,
     CommitFailed,
     ConfigurationError,
+    ReplayResponse,
     ServiceUnavailable,
     TooLate,
     UnitOfWorkMissing,
 )
+from .idempotency import IdempotencyContext, IdempotencyKeys, idempotency_table
 from .metrics import AtomicMetrics
 from .middleware import AtomicMiddleware, RequestParticipant
 from .retry import Backoff, retry_reason
@@ -27,6 +29,9 @@ __all__ = [
     "Backoff",
     "CommitFailed",
     "ConfigurationError",
+    "IdempotencyContext",
+    "IdempotencyKeys",
+    "ReplayResponse",
     "RequestParticipant",
     "ServiceUnavailable",
     "TooLate",
@@ -36,6 +41,7 @@ __all__ = [
     "create_engine",
     "get_db",
     "get_unit_of_work",
+    "idempotency_table",
     "isolation_level",
     "retry_reason",
 ]

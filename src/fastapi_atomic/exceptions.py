@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from starlette.types import Send
+
 
 class AtomicError(Exception):
     """Base class of every error raised by fastapi_atomic."""
@@ -37,3 +41,20 @@ class ServiceUnavailable(AtomicError):
 
 class CommitFailed(ServiceUnavailable):
     """The final COMMIT failed: nothing of the request persisted, and the client is told so."""
+
+
+class ReplayResponse(AtomicError):
+    """Raised to answer with a response recorded earlier (an idempotent replay), verbatim.
+
+    The middleware rolls back whatever the attempt did and sends the recorded response.
+    """
+
+    def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:
+        super().__init__(f"replaying a recorded {status} response")
+        self.status = status
+        self.headers = list(headers)
+        self.body = body
+
+    async def send(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})

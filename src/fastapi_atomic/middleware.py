@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -31,10 +32,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .exceptions import ServiceUnavailable
+from .exceptions import ReplayResponse, ServiceUnavailable
 from .metrics import AtomicMetrics
 from .retry import Backoff, retry_reason
-from .unit_of_work import UnitOfWork
+from .unit_of_work import CapturedResponse, UnitOfWork
 
 logger = logging.getLogger("fastapi_atomic")
 
@@ -93,12 +94,14 @@ class AtomicMiddleware:
             await _send_json(send, 413, f"Request body larger than {self.max_body_size} bytes.")
             return
 
+        request_id = uuid.uuid4().hex
         attempt = 1
         while True:
             uow = UnitOfWork(
                 self.engine,
                 write_intent=scope["method"] not in SAFE_METHODS,
                 phase_backoff=self.backoff,
+                request_id=request_id,
             )
             attempt_scope = dict(scope)
             attempt_scope[SCOPE_KEY] = uow
@@ -113,6 +116,10 @@ class AtomicMiddleware:
                 await uow.close()
                 if responder.started:
                     raise
+                if isinstance(exc, ReplayResponse):
+                    self.metrics.requests.labels(outcome="replayed").inc()
+                    await exc.send(send)
+                    return
                 reason = exc.reason if isinstance(exc, _Retry) else retry_reason(exc)
                 if reason is not None:
                     if uow.can_retry and attempt < self.backoff.attempts:
@@ -153,7 +160,11 @@ class AtomicMiddleware:
 
 
 class _Responder:
-    """Wraps ``send``: decides commit or rollback at the response start, then lets it through."""
+    """Wraps ``send``: decides commit or rollback at the response start, then lets it through.
+
+    When the unit of work asks for the response (an idempotency record stores it), the start is
+    held back until the whole body is known, and the decision is taken then.
+    """
 
     def __init__(
         self, send: Send, uow: UnitOfWork, rollback_status: int, metrics: AtomicMetrics
@@ -163,20 +174,43 @@ class _Responder:
         self.rollback_status = rollback_status
         self.metrics = metrics
         self.started = False
+        self._held: Message | None = None
+        self._chunks: list[bytes] = []
 
     async def send(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and not self.started:
-            status = int(message["status"])
-            if status < self.rollback_status:
-                await self._commit()
-                self.uow.apply_response_headers(MutableHeaders(scope=message))
-                self.metrics.requests.labels(outcome="committed").inc()
-            else:
-                await self.uow.rollback()
-                self.metrics.rollbacks.labels(reason="error_status").inc()
-                self.metrics.requests.labels(outcome="rolled_back").inc()
-            self.started = True
+        if self.started:
+            await self._send(message)
+            return
+        if message["type"] == "http.response.start":
+            if self.uow.capture_response:
+                self._held = message
+                return
+            await self._decide(message, None)
+            await self._send(message)
+            return
+        if message["type"] == "http.response.body" and self._held is not None:
+            self._chunks.append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            start, body = self._held, b"".join(self._chunks)
+            await self._decide(start, body)
+            await self._send(start)
+            await self._send({"type": "http.response.body", "body": body})
+            return
         await self._send(message)
+
+    async def _decide(self, start: Message, body: bytes | None) -> None:
+        status = int(start["status"])
+        self.uow.response = CapturedResponse(status, list(start.get("headers", [])), body)
+        if status < self.rollback_status:
+            await self._commit()
+            self.uow.apply_response_headers(MutableHeaders(scope=start))
+            self.metrics.requests.labels(outcome="committed").inc()
+        else:
+            await self.uow.rollback()
+            self.metrics.rollbacks.labels(reason="error_status").inc()
+            self.metrics.requests.labels(outcome="rolled_back").inc()
+        self.started = True
 
     async def _commit(self) -> None:
         try:

@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import event
@@ -31,6 +32,14 @@ Hook = Callable[[], Awaitable[None] | None]
 HeaderHook = Callable[[MutableHeaders], None]
 
 
+@dataclass(frozen=True)
+class CapturedResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    #: None unless ``capture_response`` was set before the response started
+    body: bytes | None
+
+
 class UnitOfWork:
     """Everything one request does to the database, committed once or not at all.
 
@@ -45,8 +54,15 @@ class UnitOfWork:
         write_intent: bool = True,
         isolation_level: IsolationLevel | None = None,
         phase_backoff: Backoff | None = None,
+        request_id: str = "",
     ) -> None:
         self.engine = engine
+        #: the same for every attempt of one request (a lock owner that survives a retry)
+        self.request_id = request_id
+        #: hold the response start until the body is known (set by an idempotency record)
+        self.capture_response = False
+        #: the response as the handler produced it, once known
+        self.response: CapturedResponse | None = None
         self.write_intent = write_intent
         self.isolation_level = isolation_level
         self.phase_backoff = phase_backoff or Backoff()
@@ -88,6 +104,10 @@ class UnitOfWork:
         self.isolation_level = level
         if self._db is not None:
             self._db = None
+
+    def independent_session(self) -> AsyncSession:
+        """A fresh AsyncSession outside the request's transaction (its caller commits it)."""
+        return self._new_session(None, write=True)
 
     def _new_session(self, isolation_level: IsolationLevel | None, write: bool) -> AsyncSession:
         options: dict[str, Any] = {}

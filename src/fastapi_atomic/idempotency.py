@@ -1,0 +1,272 @@
+"""Idempotency keys: a client retry of an unsafe request returns the first response again.
+
+Follows draft-ietf-httpapi-idempotency-key-header and Stripe's practice:
+
+- the first request with a key claims it (a lease, committed at once, so a parallel repeat sees
+  it and gets 409 while the first still runs);
+- its response (status, body) is stored *in the same transaction as its effects*, so a replay
+  can never disagree with what the database holds;
+- a final outcome is stored even when it is an error (a declined payment's 402), but a request
+  that changed nothing and may well succeed later (409, 422, 429, 401, 403) releases the key;
+- the same key with a different request is 422; keys live for ``ttl`` seconds;
+- a key left locked by a crashed request is taken over once its lease ran out.
+
+Usage::
+
+    keys = IdempotencyKeys(idempotency_table(metadata))
+    Idempotent = Annotated[IdempotencyContext | None, Depends(keys.dependency(current_user_id))]
+
+    @app.post("/orders")
+    async def place(order: OrderIn, db: DB, idem: Idempotent) -> OrderOut: ...
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .dependencies import get_unit_of_work
+from .exceptions import ReplayResponse
+from .retry import retry_reason
+from .unit_of_work import UnitOfWork
+
+HEADER = "Idempotency-Key"
+RELEASE_STATUSES = frozenset({401, 403, 409, 422, 429})
+_KEPT_HEADERS = frozenset({b"content-type", b"content-language", b"location"})
+
+
+def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Table:
+    """The table of keys, added to ``metadata`` so the app's migrations create it."""
+    return Table(
+        name,
+        metadata,
+        Column("owner", String(128), primary_key=True),
+        Column("key", String(255), primary_key=True),
+        Column("fingerprint", String(64), nullable=False),
+        Column("locked_by", String(64), nullable=True),
+        Column("locked_until", Float, nullable=True),
+        Column("status_code", Integer, nullable=True),
+        Column("headers", Text, nullable=True),
+        Column("body", LargeBinary, nullable=True),
+        Column("created_at", Float, nullable=False),
+        Column("expires_at", Float, nullable=False, index=True),
+    )
+
+
+@dataclass
+class IdempotencyContext:
+    """The claimed key of the current request."""
+
+    owner: str
+    key: str
+    fingerprint: str
+
+    def external_key(self, purpose: str) -> str:
+        """A key for a call to the outside world (a charge) that is the same on every retry."""
+        digest = hashlib.sha256(f"{self.owner}\x00{self.key}\x00{purpose}".encode()).hexdigest()
+        return f"idem_{digest[:40]}"
+
+
+class IdempotencyKeys:
+    def __init__(
+        self,
+        table: Table,
+        *,
+        lease_seconds: float = 60.0,
+        ttl_seconds: float = 24 * 3600.0,
+        header: str = HEADER,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.table = table
+        self.lease_seconds = lease_seconds
+        self.ttl_seconds = ttl_seconds
+        self.header = header
+        self.clock = clock
+
+    def dependency(
+        self, owner: Callable[..., Any]
+    ) -> Callable[..., Awaitable[IdempotencyContext | None]]:
+        """A FastAPI dependency; ``owner`` is a dependency giving the key's owner (the user)."""
+
+        async def claim_key(
+            request: Request, owner_id: Any = Depends(owner)
+        ) -> IdempotencyContext | None:
+            key = request.headers.get(self.header)
+            if key is None:
+                return None
+            if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+                raise HTTPException(
+                    422, f"{self.header} must be 1 to 255 printable ASCII characters."
+                )
+            uow = get_unit_of_work(request)
+            context = IdempotencyContext(str(owner_id), key, await _fingerprint(request))
+            await self._claim(uow, context)
+            uow.capture_response = True
+            uow.before_commit(lambda: self._store(uow.db, uow, context))
+            uow.on_rollback(lambda: self._after_rollback(uow, context))
+            return context
+
+        return claim_key
+
+    # --- claiming ------------------------------------------------------------------
+
+    async def _claim(self, uow: UnitOfWork, context: IdempotencyContext) -> None:
+        for _ in range(5):
+            db = uow.independent_session()
+            try:
+                async with db.begin():
+                    if await self._try_claim(db, uow.request_id, context):
+                        return
+            except IntegrityError:
+                continue  # a concurrent first request inserted it: look again
+            except Exception as exc:
+                if retry_reason(exc) is None:
+                    raise
+            finally:
+                await db.close()
+        raise HTTPException(409, f"A request with this {self.header} is in progress.")
+
+    async def _try_claim(
+        self, db: AsyncSession, request_id: str, context: IdempotencyContext
+    ) -> bool:
+        t = self.table
+        now = self.clock()
+        where = (t.c.owner == context.owner) & (t.c.key == context.key)
+        query = select(t).where(where)
+        if db.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        row = (await db.execute(query)).mappings().first()
+        if row is not None and row["expires_at"] <= now:
+            await db.execute(delete(t).where(where))
+            row = None
+        if row is None:
+            await db.execute(
+                insert(t).values(
+                    owner=context.owner,
+                    key=context.key,
+                    fingerprint=context.fingerprint,
+                    locked_by=request_id,
+                    locked_until=now + self.lease_seconds,
+                    created_at=now,
+                    expires_at=now + self.ttl_seconds,
+                )
+            )
+            return True
+        if row["fingerprint"] != context.fingerprint:
+            raise HTTPException(
+                422, f"This {self.header} was used for a different request; use a new key."
+            )
+        if row["status_code"] is not None:
+            raise ReplayResponse(
+                row["status_code"],
+                [(k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(row["headers"])],
+                row["body"] or b"",
+            )
+        if row["locked_by"] == request_id:
+            return True  # our own earlier attempt, re-run after a serialization failure
+        if row["locked_until"] is not None and row["locked_until"] > now:
+            raise HTTPException(
+                409, f"A request with this {self.header} is still in progress; retry later."
+            )
+        taken = await db.execute(
+            update(t)
+            .where(where & (t.c.locked_by == row["locked_by"]))
+            .values(locked_by=request_id, locked_until=now + self.lease_seconds)
+        )
+        return bool(getattr(taken, "rowcount", 0))
+
+    # --- finishing -----------------------------------------------------------------
+
+    async def _store(self, db: AsyncSession, uow: UnitOfWork, context: IdempotencyContext) -> None:
+        """Record the response in the request's own transaction (before its COMMIT)."""
+        await self._write_response(db, uow, context)
+
+    async def _after_rollback(self, uow: UnitOfWork, context: IdempotencyContext) -> None:
+        response = uow.response
+        effects = not uow.can_retry
+        if response is None or response.status < 400:
+            # An exception, or the COMMIT itself failed: nothing final to store.
+            if effects:
+                return  # a phase did commit: the lease runs out and a retry takes over
+            release = True
+        else:
+            release = response.status in RELEASE_STATUSES and not effects
+        db = uow.independent_session()
+        try:
+            async with db.begin():
+                if release:
+                    t = self.table
+                    await db.execute(
+                        delete(t).where(
+                            (t.c.owner == context.owner)
+                            & (t.c.key == context.key)
+                            & (t.c.locked_by == uow.request_id)
+                        )
+                    )
+                else:
+                    await self._write_response(db, uow, context)
+        finally:
+            await db.close()
+
+    async def _write_response(
+        self, db: AsyncSession, uow: UnitOfWork, context: IdempotencyContext
+    ) -> None:
+        response = uow.response
+        assert response is not None and response.body is not None, "response not captured"
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in response.headers
+            if name.lower() in _KEPT_HEADERS
+        ]
+        t = self.table
+        await db.execute(
+            update(t)
+            .where(
+                (t.c.owner == context.owner)
+                & (t.c.key == context.key)
+                & (t.c.locked_by == uow.request_id)
+            )
+            .values(
+                status_code=response.status,
+                headers=json.dumps(headers),
+                body=response.body,
+                locked_by=None,
+                locked_until=None,
+            )
+        )
+
+    async def purge_expired(self, db: AsyncSession) -> int:
+        """Delete keys past their time to live; returns how many."""
+        result = await db.execute(delete(self.table).where(self.table.c.expires_at <= self.clock()))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def _fingerprint(request: Request) -> str:
+    digest = hashlib.sha256()
+    digest.update(request.method.encode())
+    digest.update(b"\x00" + request.url.path.encode())
+    digest.update(b"\x00" + request.url.query.encode())
+    digest.update(b"\x00" + await request.body())
+    return digest.hexdigest()
