@@ -94,6 +94,10 @@ class UnitOfWork:
     def has_session(self) -> bool:
         return self._db is not None
 
+    @property
+    def in_transaction(self) -> bool:
+        return self._db is not None and self._db.in_transaction()
+
     def set_isolation_level(self, level: IsolationLevel) -> None:
         """Choose the isolation level of the request's transaction (before its first statement)."""
         if self._db is not None and self._db.in_transaction():

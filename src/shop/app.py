@@ -11,13 +11,25 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from fastapi_atomic import AtomicMiddleware, create_engine
+from fastapi_atomic import AtomicMiddleware, IdempotencyKeys, create_engine
+from fastapi_atomic.websession import (
+    MemoryStore,
+    RedisStore,
+    SqlStore,
+    WebSessionManager,
+    WebSessionStore,
+)
 
 from .api import api_router
 from .api.health import router as health_router
+from .db.models import idempotency_keys, web_sessions
 from .errors import ShopError
+from .payments import HttpGateway, build_gateway
 from .services.accounts import ensure_admin
+from .services.throttle import LoginThrottle
 from .settings import Settings
+from .web import router as web_router
+from .web import static_files
 
 logger = logging.getLogger("shop")
 
@@ -34,9 +46,34 @@ def build_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+def build_session_store(settings: Settings) -> WebSessionStore:
+    if settings.session_store == "redis":
+        return RedisStore.from_url(settings.redis_url, prefix="shop:websession:")
+    if settings.session_store == "memory":
+        return MemoryStore()
+    return SqlStore(web_sessions)
+
+
+def build_session_manager(settings: Settings, store: WebSessionStore) -> WebSessionManager:
+    return WebSessionManager(
+        store,
+        settings.signing_keys(),
+        cookie_name="shop_session",
+        idle_timeout=settings.session_idle_timeout,
+        absolute_timeout=settings.session_absolute_timeout,
+        secure=settings.cookie_secure,
+        host_prefix=settings.cookie_host_prefix,
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
+    store = build_session_store(settings)
+    sessions = build_session_manager(settings, store)
+    gateway = build_gateway(
+        settings.payment_gateway, fake_latency_ms=settings.fake_gateway_latency_ms
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -50,6 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if isinstance(store, RedisStore):
+                await store.aclose()
+            if isinstance(gateway, HttpGateway):
+                await gateway.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -60,11 +101,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = engine
+    app.state.gateway = gateway
+    app.state.session_manager = sessions
+    app.state.idempotency_keys = IdempotencyKeys(idempotency_keys)
+    app.state.login_throttle = LoginThrottle(
+        per_email=settings.login_max_failures_per_email,
+        per_address=settings.login_max_failures_per_address,
+        window=settings.login_failure_window,
+    )
     app.state.readiness_checks = {"database": lambda: _ping_database(engine)}
+    if settings.session_store == "redis":
+        app.state.readiness_checks["session store (redis)"] = store.ping
 
-    app.add_middleware(AtomicMiddleware, engine=engine, max_body_size=settings.max_body_size)
+    app.add_middleware(
+        AtomicMiddleware,
+        engine=engine,
+        participants=[sessions],
+        max_body_size=settings.max_body_size,
+    )
     app.include_router(health_router)
     app.include_router(api_router())
+    app.include_router(web_router)
+    app.mount("/static", static_files(), name="static")
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]
     return app
 

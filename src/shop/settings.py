@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     fake_gateway_latency_ms: int = Field(0, ge=0)
     max_body_size: int = Field(1024 * 1024, gt=0)
     db_pool_size: int = Field(10, gt=0)
+    #: run transfers at this isolation level (PostgreSQL); None = the database's default
+    transfer_isolation: Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] | None = None
+    login_max_failures_per_email: int = Field(5, gt=0)
+    login_max_failures_per_address: int = Field(20, gt=0)
+    login_failure_window: int = Field(900, gt=0)
+    cookie_host_prefix: bool = False
+    reconcile_min_age: int = Field(300, ge=0)
 
     @field_validator("secret_keys", mode="before")
     @classmethod

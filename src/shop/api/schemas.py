@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import datetime
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
@@ -33,3 +34,96 @@ class UserCreated(BaseModel):
     name: str
     email: str
     accounts: list[AccountOut]
+
+
+Cents = Annotated[int, Field(gt=0, le=100_000_000)]
+CardNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{12,19}$")]
+Id = Annotated[int, Field(gt=0, le=2**31 - 1)]
+
+
+class ProductIn(StrictModel):
+    sku: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    price: Annotated[int, Field(ge=0, le=100_000_000)]
+    stock: Annotated[int, Field(ge=0, le=1_000_000_000)]
+
+
+class ProductPatch(StrictModel):
+    price: Annotated[int, Field(ge=0, le=100_000_000)] | None = None
+    stock: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+
+
+class ProductOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    sku: str
+    name: str
+    price: int
+    stock: int
+
+
+class TransferIn(StrictModel):
+    from_account_id: Id
+    to_account_id: Id
+    amount: Cents
+
+
+class TransferOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    from_account_id: int
+    to_account_id: int
+    amount: int
+
+
+class DepositIn(StrictModel):
+    amount: Cents
+    card_number: CardNumber
+
+
+class DepositOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    account_id: int
+    amount: int
+
+
+class ItemIn(StrictModel):
+    product_id: Id
+    quantity: Annotated[int, Field(gt=0, le=10_000)]
+
+
+class CardPayment(StrictModel):
+    method: Literal["card"]
+    card_number: CardNumber
+
+
+class AccountPayment(StrictModel):
+    method: Literal["account"]
+    account_id: Id
+
+
+class OrderIn(StrictModel):
+    items: Annotated[list[ItemIn], Field(min_length=1, max_length=100)]
+    payment: Annotated[CardPayment | AccountPayment, Field(discriminator="method")]
+
+
+class OrderItemOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    product_id: int
+    quantity: int
+    unit_price: int
+
+
+class OrderOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    status: str
+    total: int
+    items: list[OrderItemOut]
+    created_at: datetime

@@ -3,9 +3,44 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shop.db.models import Product
+from shop.errors import Conflict, NotFound
+
+
+async def list_products(db: AsyncSession) -> list[Product]:
+    return list((await db.execute(select(Product).order_by(Product.id))).scalars())
+
+
+async def create_product(
+    db: AsyncSession, *, sku: str, name: str, price: int, stock: int
+) -> Product:
+    product = Product(sku=sku, name=name, price=price, stock=stock)
+    db.add(product)
+    try:
+        await db.flush()
+    except IntegrityError as exc:
+        raise Conflict(f"A product with sku {sku!r} already exists.") from exc
+    return product
+
+
+async def update_product(
+    db: AsyncSession, product_id: int, *, price: int | None, stock: int | None
+) -> Product:
+    query = select(Product).where(Product.id == product_id)
+    if db.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    product = (await db.execute(query)).scalar_one_or_none()
+    if product is None:
+        raise NotFound(f"Product {product_id} not found.")
+    if price is not None:
+        product.price = price
+    if stock is not None:
+        product.stock = stock
+    await db.flush()
+    return product
 
 
 async def ensure_product(

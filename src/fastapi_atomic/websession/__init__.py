@@ -1,0 +1,39 @@
+"""Server-side web sessions that commit with the request's data.
+
+store = SqlStore(web_sessions_table(metadata))       # or RedisStore, MemoryStore
+manager = WebSessionManager(store, keys=["current-key", "retiring-key"])
+app.add_middleware(AtomicMiddleware, engine=engine, participants=[manager])
+
+@app.post("/login")
+async def login(websession: WebSessionDep) -> dict[str, str]:
+    websession.login(user_id="42", data={"name": "Ada"})   # new id: no fixation
+    return {"csrf_token": websession.csrf_token}
+"""
+
+from .csrf import require_csrf_token
+from .dependencies import WebSessionDep, get_websession
+from .manager import WebSessionManager
+from .record import Changes, SessionRecord
+from .session import SessionInfo, WebSession
+from .signing import KeyRing
+from .stores.base import WebSessionStore
+from .stores.memory import MemoryStore
+from .stores.redis import RedisStore
+from .stores.sql import SqlStore, web_sessions_table
+
+__all__ = [
+    "Changes",
+    "KeyRing",
+    "MemoryStore",
+    "RedisStore",
+    "SessionInfo",
+    "SessionRecord",
+    "SqlStore",
+    "WebSession",
+    "WebSessionDep",
+    "WebSessionManager",
+    "WebSessionStore",
+    "get_websession",
+    "require_csrf_token",
+    "web_sessions_table",
+]

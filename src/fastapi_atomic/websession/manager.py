@@ -1,0 +1,86 @@
+"""WebSessionManager: the web-session settings, and the participant AtomicMiddleware calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from starlette.requests import cookie_parser
+from starlette.types import Scope
+
+from ..exceptions import ConfigurationError
+from ..unit_of_work import UnitOfWork
+from .dependencies import EXTENSION
+from .record import SessionRecord
+from .session import WebSession
+from .signing import KeyRing
+from .stores.base import WebSessionStore
+
+
+class WebSessionManager:
+    """Pass it to ``AtomicMiddleware(participants=[manager])``.
+
+    Timeouts follow the OWASP Session Management Cheat Sheet: an idle timeout and an absolute
+    timeout, both checked on the server. The cookie's Max-Age is only a hint to the browser.
+    """
+
+    def __init__(
+        self,
+        store: WebSessionStore,
+        keys: KeyRing | Sequence[str],
+        *,
+        cookie_name: str = "session",
+        idle_timeout: float = 1800,
+        absolute_timeout: float = 43200,
+        touch_interval: float = 60,
+        secure: bool = True,
+        samesite: Literal["lax", "strict"] = "lax",
+        host_prefix: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if host_prefix and not secure:
+            raise ConfigurationError("A __Host- cookie must be Secure: set secure=True.")
+        self.store = store
+        self.keys = keys if isinstance(keys, KeyRing) else KeyRing(keys)
+        self.cookie_name = f"__Host-{cookie_name}" if host_prefix else cookie_name
+        self.idle_timeout = idle_timeout
+        self.absolute_timeout = absolute_timeout
+        self.touch_interval = min(touch_interval, idle_timeout / 2)
+        self.secure = secure
+        self.samesite = samesite
+        self.clock = clock
+        store.configure(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout)
+
+    def start(self, scope: Scope, uow: UnitOfWork) -> None:
+        cookie: str | None = None
+        user_agent = ""
+        for name, value in scope.get("headers", []):
+            if name == b"cookie":
+                cookie = cookie_parser(value.decode("latin-1")).get(self.cookie_name, cookie)
+            elif name == b"user-agent":
+                user_agent = value.decode("latin-1")
+        websession = WebSession(self, uow, cookie, user_agent)
+        uow.extensions[EXTENSION] = websession
+        uow.before_commit(websession.save)
+        uow.on_response_headers(websession.apply_headers)
+
+    def expires_at(self, record: SessionRecord) -> float:
+        return record.expires_at(self.idle_timeout, self.absolute_timeout)
+
+    def is_expired(self, record: SessionRecord) -> bool:
+        return self.expires_at(record) <= self.clock()
+
+    def _cookie_attributes(self) -> str:
+        secure = "; Secure" if self.secure else ""
+        return f"Path=/; HttpOnly; SameSite={self.samesite.capitalize()}{secure}"
+
+    def cookie_header(self, session_id: str) -> str:
+        max_age = int(self.absolute_timeout)
+        return (
+            f"{self.cookie_name}={self.keys.sign(session_id)}; Max-Age={max_age}; "
+            f"{self._cookie_attributes()}"
+        )
+
+    def clear_cookie_header(self) -> str:
+        return f'{self.cookie_name}=""; Max-Age=0; {self._cookie_attributes()}'

@@ -1,0 +1,49 @@
+"""The store protocol. Every store passes ``fastapi_atomic.testing``'s contract suite.
+
+Writes happen while the request's unit of work is finishing (before its COMMIT): the SQL store
+writes through ``uow.db`` and so commits or rolls back with the data; other stores write at once
+and register an ``on_rollback`` hook that undoes the write if the COMMIT then fails.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ...unit_of_work import UnitOfWork
+from ..record import Changes, SessionRecord
+
+
+class WebSessionStore(Protocol):
+    async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
+        """The record under ``key`` (expired or not: the manager judges), or None."""
+        ...
+
+    async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
+        """Store a new record; ``key`` is fresh (256 random bits), never one in use."""
+        ...
+
+    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
+        """Replay ``changes`` on the newest record (compare-and-set on its version, retried).
+
+        Returns None, writing nothing, when the record is gone: a session destroyed by a logout
+        or a regeneration meanwhile is never written back into existence.
+        """
+        ...
+
+    async def delete(self, key: str, uow: UnitOfWork) -> None: ...
+
+    async def list_for_user(
+        self, user_id: str, uow: UnitOfWork
+    ) -> list[tuple[str, SessionRecord]]: ...
+
+    async def delete_for_user(self, user_id: str, uow: UnitOfWork, *, keep: str | None) -> int:
+        """Delete every session of ``user_id`` but ``keep``; returns how many."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store does not answer (for readiness checks)."""
+        ...
+
+    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
+        """Told by the manager, so a store can expire records on its own (TTLs, purge)."""
+        ...

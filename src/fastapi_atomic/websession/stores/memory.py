@@ -1,0 +1,76 @@
+"""One process's memory: for tests and demos. Changes undo themselves on a rollback."""
+
+from __future__ import annotations
+
+import time
+
+from ...unit_of_work import UnitOfWork
+from ..record import Changes, SessionRecord, apply_changes
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._records: dict[str, SessionRecord] = {}
+        self.idle_timeout = 1800.0
+        self.absolute_timeout = 43200.0
+
+    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
+        self.idle_timeout, self.absolute_timeout = idle_timeout, absolute_timeout
+
+    async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
+        record = self._records.get(key)
+        return record.copy() if record is not None else None
+
+    async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
+        self._records[key] = record.copy()
+        uow.on_rollback(lambda: self._restore(key, record.version, None))
+
+    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
+        current = self._records.get(key)
+        if current is None:
+            return None
+        updated = apply_changes(current, changes)
+        self._records[key] = updated
+        uow.on_rollback(lambda: self._restore(key, updated.version, current))
+        return updated.copy()
+
+    async def delete(self, key: str, uow: UnitOfWork) -> None:
+        old = self._records.pop(key, None)
+        if old is not None:
+            uow.on_rollback(lambda: self._restore(key, None, old))
+
+    async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
+        return [(k, r.copy()) for k, r in self._records.items() if r.user_id == user_id]
+
+    async def delete_for_user(self, user_id: str, uow: UnitOfWork, *, keep: str | None) -> int:
+        doomed = [k for k, r in self._records.items() if r.user_id == user_id and k != keep]
+        for key in doomed:
+            await self.delete(key, uow)
+        return len(doomed)
+
+    async def ping(self) -> None:
+        return None
+
+    async def purge_expired(self, now: float | None = None) -> int:
+        moment = time.time() if now is None else now
+        dead = [
+            key
+            for key, record in self._records.items()
+            if record.expires_at(self.idle_timeout, self.absolute_timeout) <= moment
+        ]
+        for key in dead:
+            del self._records[key]
+        return len(dead)
+
+    def _restore(
+        self, key: str, expected_version: int | None, previous: SessionRecord | None
+    ) -> None:
+        """Undo one write if nothing else changed the record since."""
+        current = self._records.get(key)
+        current_version = current.version if current is not None else None
+        if current_version != expected_version:
+            return
+        if previous is None:
+            self._records.pop(key, None)
+        else:
+            self._records[key] = previous

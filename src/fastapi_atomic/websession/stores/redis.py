@@ -1,0 +1,176 @@
+"""Web sessions in Redis: TTLs, a per-user index, versioned compare-and-set.
+
+Writes happen before the database COMMIT and are undone (again by compare-and-set, so a newer
+write by another request is never clobbered) if that COMMIT fails.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+
+from ...exceptions import ServiceUnavailable
+from ...unit_of_work import UnitOfWork
+from ..record import Changes, SessionRecord, apply_changes
+
+T = TypeVar("T")
+_CAS_ATTEMPTS = 20
+
+# KEYS[1] the record; ARGV: expected version ("" = must not exist), new JSON, TTL ms
+_CAS = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '' then
+  if current then return 0 end
+else
+  if not current then return -1 end
+  if tostring(cjson.decode(current)['version']) ~= ARGV[1] then return 0 end
+end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"""
+
+
+class RedisStore:
+    def __init__(self, redis: Redis, *, prefix: str = "websession:") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.idle_timeout = 1800.0
+        self.absolute_timeout = 43200.0
+        self._cas = redis.register_script(_CAS)
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "websession:") -> RedisStore:
+        client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        return cls(client, prefix=prefix)
+
+    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
+        self.idle_timeout, self.absolute_timeout = idle_timeout, absolute_timeout
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}s:{key}"
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self.prefix}u:{user_id}"
+
+    def _ttl_ms(self, record: SessionRecord) -> int:
+        remaining = record.expires_at(self.idle_timeout, self.absolute_timeout) - time.time()
+        return max(1, math.ceil(remaining * 1000))
+
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await operation()
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
+            raise ServiceUnavailable("The session store is unavailable; try again.") from exc
+
+    async def _get(self, key: str) -> SessionRecord | None:
+        raw = await self._call(lambda: self.redis.get(self._key(key)))
+        return SessionRecord.from_json(raw) if raw is not None else None
+
+    async def _swap(
+        self, key: str, expected: SessionRecord | None, new: SessionRecord | None
+    ) -> int:
+        version = "" if expected is None else str(expected.version)
+        payload = "" if new is None else new.to_json()
+        ttl = self._ttl_ms(new) if new is not None else 0
+        result: Any = await self._call(
+            lambda: self._cas(keys=[self._key(key)], args=[version, payload, ttl])
+        )
+        return int(result)
+
+    async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
+        return await self._get(key)
+
+    async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
+        if await self._swap(key, None, record) != 1:
+            raise RuntimeError("a fresh session id was already in use")
+        if record.user_id is not None:
+            await self._index(record.user_id, key)
+        uow.on_rollback(self._undoer(key, record, None))
+
+    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self._get(key)
+            if current is None:
+                return None
+            updated = apply_changes(current, changes)
+            outcome = await self._swap(key, current, updated)
+            if outcome == -1:
+                return None
+            if outcome == 1:
+                uow.on_rollback(self._undoer(key, updated, current))
+                return updated
+        raise RuntimeError(f"web session kept changing under {_CAS_ATTEMPTS} attempts to save it")
+
+    def _undoer(
+        self, key: str, written: SessionRecord, previous: SessionRecord | None
+    ) -> Callable[[], Awaitable[None]]:
+        async def undo() -> None:
+            await self._swap(key, written, previous)
+
+        return undo
+
+    async def delete(self, key: str, uow: UnitOfWork) -> None:
+        old = await self._get(key)
+        if old is None:
+            return
+        await self._call(lambda: self.redis.delete(self._key(key)))
+        if old.user_id is not None:
+            user_id = old.user_id
+            await self._call(lambda: self.redis.srem(self._user_key(user_id), key))
+        uow.on_rollback(lambda: self._restore(key, old))
+
+    async def _restore(self, key: str, old: SessionRecord) -> None:
+        if await self._swap(key, None, old) == 1 and old.user_id is not None:
+            await self._index(old.user_id, key)
+
+    async def _index(self, user_id: str, key: str) -> None:
+        user_key = self._user_key(user_id)
+
+        async def add() -> None:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(user_key, key)
+                pipe.expire(user_key, math.ceil(self.absolute_timeout) + 60)
+                await pipe.execute()
+
+        await self._call(add)
+
+    async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
+        user_key = self._user_key(user_id)
+        members = sorted(
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in await self._call(lambda: self.redis.smembers(user_key))
+        )
+        if not members:
+            return []
+        raws = await self._call(lambda: self.redis.mget([self._key(k) for k in members]))
+        found: list[tuple[str, SessionRecord]] = []
+        dead: list[str] = []
+        for key, raw in zip(members, raws, strict=True):
+            if raw is None:
+                dead.append(key)
+            else:
+                found.append((key, SessionRecord.from_json(raw)))
+        if dead:
+            await self._call(lambda: self.redis.srem(user_key, *dead))
+        return found
+
+    async def delete_for_user(self, user_id: str, uow: UnitOfWork, *, keep: str | None) -> int:
+        doomed = [key for key, _ in await self.list_for_user(user_id, uow) if key != keep]
+        for key in doomed:
+            await self.delete(key, uow)
+        return len(doomed)
+
+    async def ping(self) -> None:
+        await self._call(lambda: self.redis.ping())
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()

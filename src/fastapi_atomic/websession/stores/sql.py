@@ -1,0 +1,127 @@
+"""Web sessions in the app's own database, written through the request's AsyncSession.
+
+This is what no other session library does: the session's changes are part of the request's
+transaction, so they commit or roll back together with the data (an order and its id in the
+session: both or neither). Include :func:`web_sessions_table` in the app's metadata so its
+migrations create the table.
+"""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ...unit_of_work import UnitOfWork
+from ..record import Changes, SessionRecord, apply_changes
+
+_CAS_ATTEMPTS = 20
+
+
+def web_sessions_table(metadata: MetaData, name: str = "web_sessions") -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("key", String(64), primary_key=True),
+        Column("version", Integer, nullable=False),
+        Column("user_id", String(64), nullable=True, index=True),
+        Column("record", Text, nullable=False),
+        Column("expires_at", Float, nullable=False, index=True),
+    )
+
+
+class SqlStore:
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.idle_timeout = 1800.0
+        self.absolute_timeout = 43200.0
+
+    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
+        self.idle_timeout, self.absolute_timeout = idle_timeout, absolute_timeout
+
+    def _expires(self, record: SessionRecord) -> float:
+        return record.expires_at(self.idle_timeout, self.absolute_timeout)
+
+    async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
+        if uow.engine.dialect.name == "sqlite" and not uow.in_transaction:
+            # SQLite has one writer: reading inside the request's (immediate) transaction would
+            # hold the write lock from the first line of every request, and block a separate
+            # transaction the request needs first (an idempotency key's claim). Read aside.
+            async with uow.engine.connect() as connection:
+                text = await connection.scalar(
+                    select(self.table.c.record).where(self.table.c.key == key)
+                )
+            return SessionRecord.from_json(text) if text is not None else None
+        return await self._load(uow.db, key)
+
+    async def _load(self, db: AsyncSession, key: str) -> SessionRecord | None:
+        text = await db.scalar(select(self.table.c.record).where(self.table.c.key == key))
+        return SessionRecord.from_json(text) if text is not None else None
+
+    async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
+        await uow.db.execute(
+            insert(self.table).values(
+                key=key,
+                version=record.version,
+                user_id=record.user_id,
+                record=record.to_json(),
+                expires_at=self._expires(record),
+            )
+        )
+
+    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
+        t = self.table
+        for _ in range(_CAS_ATTEMPTS):
+            current = await self._load(uow.db, key)
+            if current is None:
+                return None
+            updated = apply_changes(current, changes)
+            result = await uow.db.execute(
+                update(t)
+                .where(t.c.key == key, t.c.version == current.version)
+                .values(
+                    version=updated.version,
+                    record=updated.to_json(),
+                    expires_at=self._expires(updated),
+                )
+            )
+            if result.rowcount == 1:  # type: ignore[attr-defined]
+                return updated
+        raise RuntimeError(f"web session kept changing under {_CAS_ATTEMPTS} attempts to save it")
+
+    async def delete(self, key: str, uow: UnitOfWork) -> None:
+        await uow.db.execute(delete(self.table).where(self.table.c.key == key))
+
+    async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
+        rows = await uow.db.execute(
+            select(self.table.c.key, self.table.c.record).where(self.table.c.user_id == user_id)
+        )
+        return [(key, SessionRecord.from_json(text)) for key, text in rows.all()]
+
+    async def delete_for_user(self, user_id: str, uow: UnitOfWork, *, keep: str | None) -> int:
+        condition = self.table.c.user_id == user_id
+        if keep is not None:
+            condition &= self.table.c.key != keep
+        result = await uow.db.execute(delete(self.table).where(condition))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    async def ping(self) -> None:
+        return None  # the database's own readiness check covers it
+
+    async def purge_expired(self, db: AsyncSession, now: float | None = None) -> int:
+        moment = time.time() if now is None else now
+        result = await db.execute(delete(self.table).where(self.table.c.expires_at <= moment))
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -1,0 +1,123 @@
+"""Logging in and out, and the user's sessions (CONTRACT.md)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, Response, status
+from pydantic import BaseModel
+
+from fastapi_atomic import DB
+from fastapi_atomic.websession import WebSessionDep
+from shop.errors import NotAuthenticated, ShopError
+from shop.services import accounts
+from shop.services.passwords import verify_password
+from shop.services.throttle import LoginThrottle
+
+from .deps import Csrf, CurrentUser
+from .schemas import Email, StrictModel
+
+router = APIRouter(tags=["session"])
+
+
+class TooManyAttempts(ShopError):
+    status_code = 429
+
+
+class Login(StrictModel):
+    email: Email
+    password: str
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    email: str
+    roles: list[str]
+
+
+class LoggedIn(BaseModel):
+    user: UserOut
+    csrf_token: str
+
+
+class SessionOut(BaseModel):
+    user: UserOut
+    csrf_token: str
+    order_ids: list[int]
+    expires_at: datetime
+
+
+class SessionListItem(BaseModel):
+    id: str
+    created_at: datetime
+    last_seen_at: datetime
+    user_agent: str
+    current: bool
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+@router.post("/session", responses={401: {}, 429: {}})
+async def log_in(body: Login, request: Request, db: DB, websession: WebSessionDep) -> LoggedIn:
+    throttle: LoginThrottle = request.app.state.login_throttle
+    address = request.client.host if request.client else "unknown"
+    if throttle.blocked(body.email, address):
+        raise TooManyAttempts("Too many failed log-in attempts; try again later.")
+    user = await accounts.find_user_by_email(db, body.email)
+    if not await verify_password(user.password_hash if user else None, body.password) or not user:
+        throttle.failed(body.email, address)
+        raise NotAuthenticated("Wrong e-mail or password.")
+    throttle.succeeded(body.email)
+    roles = ["admin", "customer"] if user.role == "admin" else ["customer"]
+    profile = {"id": user.id, "name": user.name, "email": user.email, "roles": roles}
+    websession.login(str(user.id), {"user": profile})
+    assert websession.csrf_token is not None
+    return LoggedIn(user=UserOut(**profile), csrf_token=websession.csrf_token)
+
+
+@router.get("/session", responses={401: {}})
+async def get_session(user: CurrentUser, websession: WebSessionDep) -> SessionOut:
+    assert websession.csrf_token is not None and websession.expires_at is not None
+    order_ids = websession.get("order_ids", [])
+    return SessionOut(
+        user=UserOut(**user.as_json()),
+        csrf_token=websession.csrf_token,
+        order_ids=[int(i) for i in order_ids] if isinstance(order_ids, list) else [],
+        expires_at=_utc(websession.expires_at),
+    )
+
+
+@router.delete(
+    "/session", status_code=status.HTTP_204_NO_CONTENT, responses={401: {}}, dependencies=[Csrf]
+)
+async def log_out(_user: CurrentUser, websession: WebSessionDep) -> Response:
+    websession.invalidate()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/sessions", responses={401: {}})
+async def list_sessions(_user: CurrentUser, websession: WebSessionDep) -> list[SessionListItem]:
+    return [
+        SessionListItem(
+            id=info.id,
+            created_at=_utc(info.created_at),
+            last_seen_at=_utc(info.last_seen_at),
+            user_agent=info.user_agent,
+            current=info.current,
+        )
+        for info in await websession.list_sessions()
+    ]
+
+
+@router.delete(
+    "/sessions/others",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={401: {}},
+    dependencies=[Csrf],
+)
+async def log_out_others(_user: CurrentUser, websession: WebSessionDep) -> Response:
+    await websession.invalidate_others()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
