@@ -48,7 +48,7 @@ def build_engine(settings: Settings) -> AsyncEngine:
 
 def build_session_store(settings: Settings) -> WebSessionStore:
     if settings.session_store == "redis":
-        return RedisStore.from_url(settings.redis_url, prefix="shop:websession:")
+        return RedisStore.from_url(settings.redis_url, prefix=f"{settings.redis_prefix}websession:")
     if settings.session_store == "memory":
         return MemoryStore()
     return SqlStore(web_sessions)

@@ -14,6 +14,10 @@ from .settings import Settings
 app = typer.Typer(help="The shop: a reference service for fastapi-atomic.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+sessions_app = typer.Typer(help="Web sessions.", no_args_is_help=True)
+app.add_typer(sessions_app, name="sessions")
+payments_app = typer.Typer(help="Card payments.", no_args_is_help=True)
+app.add_typer(payments_app, name="payments")
 
 
 def _settings() -> Settings:
@@ -72,6 +76,80 @@ def seed(demo: Annotated[bool, typer.Option("--demo", help="Demo data.")] = Fals
     upgrade_sync(settings.database_url)
     created = asyncio.run(seed_demo(settings.database_url))
     typer.echo("\n".join(f"created {what}" for what in created) or "demo data already present")
+
+
+@sessions_app.command("purge")
+def sessions_purge() -> None:
+    """Delete expired web sessions and print how many."""
+    from fastapi_atomic.websession import SqlStore
+
+    from .app import build_engine
+    from .db.models import web_sessions
+
+    settings = _settings()
+    if settings.session_store != "sql":
+        reason = {
+            "redis": "Redis expires web sessions by their TTL",
+            "memory": "the memory store lives and dies with the server process",
+        }[settings.session_store]
+        typer.echo(f"0 expired web sessions deleted ({reason})")
+        return
+
+    async def purge() -> int:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        store = SqlStore(web_sessions)
+        store.configure(
+            idle_timeout=settings.session_idle_timeout,
+            absolute_timeout=settings.session_absolute_timeout,
+        )
+        engine = build_engine(settings)
+        try:
+            async with AsyncSession(engine) as db, db.begin():
+                return await store.purge_expired(db)
+        finally:
+            await engine.dispose()
+
+    typer.echo(f"{asyncio.run(purge())} expired web sessions deleted")
+
+
+@payments_app.command("reconcile")
+def payments_reconcile(
+    min_age: Annotated[
+        int | None, typer.Option(help="Only payments pending this many seconds or more.")
+    ] = None,
+) -> None:
+    """Settle orders and deposits left pending by a crash or a gateway time-out."""
+    from .app import build_engine
+    from .payments import HttpGateway
+    from .reconcile import reconcile
+
+    settings = _settings()
+    if settings.payment_gateway == "fake":
+        typer.echo(
+            "shop: SHOP_PAYMENT_GATEWAY=fake is the simulator inside the server process, which "
+            "this command cannot ask; run `shop fake-gateway` and point "
+            "SHOP_PAYMENT_GATEWAY at it.",
+            err=True,
+        )
+        raise typer.Exit(2)
+
+    async def run() -> None:
+        engine = build_engine(settings)
+        gateway = HttpGateway(settings.payment_gateway)
+        try:
+            age = settings.reconcile_min_age if min_age is None else min_age
+            report = await reconcile(engine, gateway, min_age_seconds=age)
+        finally:
+            await gateway.aclose()
+            await engine.dispose()
+        typer.echo(f"settled: {len(report.settled)} {' '.join(report.settled)}".rstrip())
+        typer.echo(f"released: {len(report.released)} {' '.join(report.released)}".rstrip())
+        typer.echo(
+            f"still pending: {len(report.still_pending)} {' '.join(report.still_pending)}".rstrip()
+        )
+
+    asyncio.run(run())
 
 
 @app.command("fake-gateway")

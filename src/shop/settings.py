@@ -22,6 +22,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///./shop.db"
     session_store: Literal["sql", "redis", "memory"] = "sql"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: key prefix in Redis, so several shops (or test runs) can share one server
+    redis_prefix: str = "shop:"
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     cookie_secure: bool = True
     session_idle_timeout: int = Field(1800, gt=0)

@@ -76,11 +76,9 @@ class WebSessionManager:
         return f"Path=/; HttpOnly; SameSite={self.samesite.capitalize()}{secure}"
 
     def cookie_header(self, session_id: str) -> str:
-        max_age = int(self.absolute_timeout)
-        return (
-            f"{self.cookie_name}={self.keys.sign(session_id)}; Max-Age={max_age}; "
-            f"{self._cookie_attributes()}"
-        )
+        # No Max-Age/Expires: a non-persistent cookie, as OWASP advises for session ids; the
+        # server alone decides when the session is dead.
+        return f"{self.cookie_name}={self.keys.sign(session_id)}; {self._cookie_attributes()}"
 
     def clear_cookie_header(self) -> str:
         return f'{self.cookie_name}=""; Max-Age=0; {self._cookie_attributes()}'

@@ -48,7 +48,7 @@ class KeyRing:
         if len(cookie) != MAX_COOKIE_LENGTH or cookie.count(".") != 1:
             return None
         session_id, signature = cookie.split(".")
-        if not _ID.match(session_id):
+        if not _ID.match(session_id) or not signature.isascii():
             return None
         for index, key in enumerate(self._keys):
             if hmac.compare_digest(signature, self._signature(key, session_id)):

@@ -1,35 +1,61 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from shop_testing import ADMIN, Shopper, client_for, log_in, make_settings, running
 
-from shop.app import create_app
 from shop.settings import Settings
+
+_emails = itertools.count()
 
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(
-        database_url=database_url,
-        secret_keys=["test-key-" + "x" * 40],
-        cookie_secure=False,
-        _env_file=None,  # type: ignore[call-arg]
-    )
+    return make_settings(database_url)
 
 
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
-    application = create_app(settings)
-    async with LifespanManager(application):
+    async with running(settings) as application:
         yield application
 
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://shop.test") as c:
+    async with client_for(app) as c:
         yield c
+
+
+@pytest.fixture
+async def new_shopper(app: FastAPI) -> AsyncIterator[Callable[..., Any]]:
+    """Sign up and log in a new customer (each with their own browser)."""
+    browsers: list[httpx.AsyncClient] = []
+
+    async def make(name: str = "Customer") -> Shopper:
+        email, password = f"customer{next(_emails)}@example.com", "a good password"
+        async with client_for(app) as anonymous:
+            created = await anonymous.post(
+                "/api/users", json={"name": name, "email": email, "password": password}
+            )
+        assert created.status_code == 201, created.text
+        browser, csrf = await log_in(app, email, password)
+        browsers.append(browser)
+        body = created.json()
+        return Shopper(browser, body["id"], body["accounts"][0]["id"], email, password, csrf)
+
+    yield make
+    for browser in browsers:
+        await browser.aclose()
+
+
+@pytest.fixture
+async def admin(app: FastAPI) -> AsyncIterator[Shopper]:
+    browser, csrf = await log_in(app, *ADMIN)
+    me = (await browser.get("/api/session")).json()["user"]
+    yield Shopper(browser, me["id"], 0, ADMIN[0], ADMIN[1], csrf)
+    await browser.aclose()

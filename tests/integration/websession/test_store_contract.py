@@ -1,0 +1,91 @@
+"""Every store against the same contract, on real SQLite, PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fastapi_atomic import create_engine
+from fastapi_atomic.testing import WebSessionStoreContract, make_record, new_key, unit_of_work
+from fastapi_atomic.websession import RedisStore, SqlStore
+from shop.db.models import web_sessions
+
+
+@pytest.fixture
+async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(sqlite_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+class TestSqlStoreOnSqlite(WebSessionStoreContract):
+    @pytest.fixture
+    def store(self) -> SqlStore:
+        return SqlStore(web_sessions)
+
+    @pytest.fixture
+    def engine(self, sqlite_engine: AsyncEngine) -> AsyncEngine:
+        return sqlite_engine
+
+
+class TestSqlStoreOnPostgres(WebSessionStoreContract):
+    @pytest.fixture
+    def store(self) -> SqlStore:
+        return SqlStore(web_sessions)
+
+    @pytest.fixture
+    def engine(self, postgres_engine: AsyncEngine) -> AsyncEngine:
+        return postgres_engine
+
+
+class TestRedisStore(WebSessionStoreContract):
+    @pytest.fixture
+    async def store(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisStore]:
+        store = RedisStore(Redis.from_url(redis_url), prefix=redis_prefix)
+        yield store
+        keys = [key async for key in store.redis.scan_iter(f"{redis_prefix}*")]
+        if keys:
+            await store.redis.delete(*keys)
+        await store.aclose()
+
+    @pytest.fixture
+    def engine(self, sqlite_engine: AsyncEngine) -> AsyncEngine:
+        return sqlite_engine
+
+
+async def test_sql_purge_deletes_expired_sessions(sqlite_engine: AsyncEngine) -> None:
+    store = SqlStore(web_sessions)
+    store.configure(idle_timeout=10, absolute_timeout=100)
+    stale = make_record("1")
+    stale.last_seen_at -= 20
+    async with unit_of_work(sqlite_engine) as uow:
+        await store.create(new_key(), stale, uow)
+        await store.create(kept := new_key(), make_record("1"), uow)
+    async with unit_of_work(sqlite_engine) as uow:
+        assert await store.purge_expired(uow.db) == 1
+    async with unit_of_work(sqlite_engine) as uow:
+        assert await store.load(kept, uow) is not None
+
+
+async def test_redis_sessions_carry_a_ttl(
+    redis_url: str, redis_prefix: str, sqlite_engine: AsyncEngine
+) -> None:
+    store = RedisStore(Redis.from_url(redis_url), prefix=redis_prefix)
+    store.configure(idle_timeout=30, absolute_timeout=100)
+    key = new_key()
+    async with unit_of_work(sqlite_engine) as uow:
+        await store.create(key, make_record("1"), uow)
+    ttl = await store.redis.pttl(f"{redis_prefix}s:{key}")
+    assert 25_000 < ttl <= 30_000
+    await store.redis.delete(f"{redis_prefix}s:{key}", f"{redis_prefix}u:1")
+    await store.aclose()
