@@ -161,8 +161,9 @@ class WebSessionStoreContract:
     ) -> None:
         user = f"u{secrets.token_hex(4)}"
         keys = [new_key() for _ in range(3)]
-        for key in keys:
-            await self.run(engine, lambda uow, key=key: store.create(key, make_record(user), uow))
+        async with unit_of_work(engine) as uow:
+            for key in keys:
+                await store.create(key, make_record(user), uow)
         other = new_key()
         await self.run(engine, lambda uow: store.create(other, make_record("someone else"), uow))
         listed = await self.run(engine, lambda uow: store.list_for_user(user, uow))
