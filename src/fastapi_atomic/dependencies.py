@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -27,13 +27,13 @@ UoW = Annotated[UnitOfWork, Depends(get_unit_of_work)]
 DB = Annotated[AsyncSession, Depends(get_db)]
 
 
-def isolation_level(level: IsolationLevel) -> Callable[[Request], None]:
+def isolation_level(level: IsolationLevel) -> Callable[[Request], Awaitable[None]]:
     """A dependency that runs the route's transaction at ``level``.
 
     ``@router.post("/transfers", dependencies=[Depends(isolation_level("SERIALIZABLE"))])``
     """
 
-    def apply(request: Request) -> None:
-        get_unit_of_work(request).set_isolation_level(level)
+    async def apply(request: Request) -> None:
+        await get_unit_of_work(request).set_isolation_level(level)
 
     return apply

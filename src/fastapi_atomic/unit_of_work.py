@@ -98,16 +98,26 @@ class UnitOfWork:
     def in_transaction(self) -> bool:
         return self._db is not None and self._db.in_transaction()
 
-    def set_isolation_level(self, level: IsolationLevel) -> None:
-        """Choose the isolation level of the request's transaction (before its first statement)."""
-        if self._db is not None and self._db.in_transaction():
-            raise TooLate(
-                f"Isolation level {level} requested after the transaction began: set it before "
-                "the first query, e.g. with Depends(isolation_level(...)) listed before the db."
-            )
-        self.isolation_level = level
+    async def set_isolation_level(self, level: IsolationLevel) -> None:
+        """Choose the isolation level of the request's transaction, before its first write.
+
+        A transaction that has only read so far (loading the web session, say) is ended and the
+        next statement begins a new one at ``level``; one that wrote cannot change level.
+        """
+        if level == self.isolation_level:
+            return
         if self._db is not None:
+            if self._db.in_transaction():
+                try:
+                    await self.release()
+                except TooLate:
+                    raise TooLate(
+                        f"Isolation level {level} requested after the transaction wrote: set it "
+                        "before the first write, e.g. with Depends(isolation_level(...))."
+                    ) from None
+            await self._db.close()
             self._db = None
+        self.isolation_level = level
 
     def independent_session(self) -> AsyncSession:
         """A fresh AsyncSession outside the request's transaction (its caller commits it)."""

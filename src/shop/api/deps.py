@@ -108,7 +108,7 @@ SessionOrders = Annotated[SessionOrderIds, Depends(session_order_ids)]
 async def transfer_isolation(request: Request) -> None:
     level = get_settings(request).transfer_isolation
     if level is not None:
-        isolation_level(level)(request)
+        await isolation_level(level)(request)
 
 
 TransferIsolation = Depends(transfer_isolation)

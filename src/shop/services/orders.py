@@ -233,9 +233,11 @@ async def release_order(db: AsyncSession, order_id: int, result: ChargeResult | 
 
 
 async def get_order(db: AsyncSession, *, user_id: int, order_id: int) -> Order:
+    """An order of the user. Failed ones are kept for the record but are not the user's orders:
+    after a failed checkout the user's orders are exactly as before (CONTRACT.md)."""
     order = await db.scalar(
         select(Order)
-        .where(Order.id == order_id, Order.user_id == user_id)
+        .where(Order.id == order_id, Order.user_id == user_id, Order.status != "failed")
         .options(selectinload(Order.items))
         .execution_options(populate_existing=True)
     )
@@ -247,7 +249,7 @@ async def get_order(db: AsyncSession, *, user_id: int, order_id: int) -> Order:
 async def list_orders(db: AsyncSession, *, user_id: int) -> list[Order]:
     result = await db.execute(
         select(Order)
-        .where(Order.user_id == user_id)
+        .where(Order.user_id == user_id, Order.status != "failed")
         .options(selectinload(Order.items))
         .order_by(Order.created_at.desc(), Order.id.desc())
     )

@@ -1,0 +1,426 @@
+"""Money and stock through the API, on SQLite and PostgreSQL: every failure path is read back.
+
+After a failed request, stock, balances, orders and the session must be exactly as before, so
+most tests take a snapshot first and compare.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from shop_testing import Shopper, client_for
+
+from shop.payments import FakeGateway, GatewayTimeout
+from shop.reconcile import reconcile
+
+OK_CARD = "4242424242424242"
+DECLINED = "4000000000000002"
+NO_FUNDS = "4000000000009995"
+TRANSIENT = "4000000000000119"
+
+NewShopper = Callable[..., Any]
+
+
+async def add_product(admin: Shopper, sku: str, price: int = 1000, stock: int = 10) -> int:
+    response = await admin.post(
+        "/api/products", {"sku": sku, "name": sku.title(), "price": price, "stock": stock}
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def deposit(shopper: Shopper, amount: int, card: str = OK_CARD, **headers: str) -> Any:
+    return await shopper.post(
+        f"/api/accounts/{shopper.account_id}/deposits",
+        {"amount": amount, "card_number": card},
+        **headers,
+    )
+
+
+def card(number: str = OK_CARD) -> dict[str, str]:
+    return {"method": "card", "card_number": number}
+
+
+def from_account(shopper: Shopper) -> dict[str, Any]:
+    return {"method": "account", "account_id": shopper.account_id}
+
+
+async def order(
+    shopper: Shopper, items: list[tuple[int, int]], payment: Any, **headers: str
+) -> Any:
+    body = {"items": [{"product_id": p, "quantity": q} for p, q in items], "payment": payment}
+    return await shopper.post("/api/orders", body, **headers)
+
+
+async def snapshot(shopper: Shopper) -> dict[str, Any]:
+    """What a failed request must leave untouched, as the API shows it."""
+    session = (await shopper.get("/api/session")).json()
+    return {
+        "products": (await shopper.get("/api/products")).json(),
+        "accounts": (await shopper.get("/api/accounts")).json(),
+        "orders": (await shopper.get("/api/orders")).json(),
+        "order_ids": session["order_ids"],
+    }
+
+
+def gateway_of(app: FastAPI) -> FakeGateway:
+    gateway = app.state.gateway
+    assert isinstance(gateway, FakeGateway)
+    return gateway
+
+
+# --- catalogue ---------------------------------------------------------------------------
+
+
+async def test_catalogue_admin_only(app: FastAPI, admin: Shopper, new_shopper: NewShopper) -> None:
+    customer: Shopper = await new_shopper()
+    product_id = await add_product(admin, "mug")
+    assert (
+        await admin.post("/api/products", {"sku": "mug", "name": "x", "price": 1, "stock": 1})
+    ).status_code == 409
+    forbidden = await customer.post(
+        "/api/products", {"sku": "t", "name": "t", "price": 1, "stock": 1}
+    )
+    assert forbidden.status_code == 403
+    patched = await admin.client.patch(
+        f"/api/products/{product_id}", json={"price": 1500}, headers=admin.headers()
+    )
+    assert patched.json()["price"] == 1500 and patched.json()["stock"] == 10
+    missing = await admin.client.patch(
+        "/api/products/999", json={"stock": 1}, headers=admin.headers()
+    )
+    assert missing.status_code == 404
+    negative = await admin.client.patch(
+        f"/api/products/{product_id}", json={"stock": -1}, headers=admin.headers()
+    )
+    assert negative.status_code == 422
+    listed = (await customer.get("/api/products")).json()
+    assert [(p["sku"], p["price"], p["stock"]) for p in listed] == [("mug", 1500, 10)]
+    async with client_for(app) as anonymous:
+        assert (await anonymous.get("/api/products")).status_code == 200
+        assert (await anonymous.post("/api/products", json={"sku": "a"})).status_code in (401, 422)
+
+
+# --- deposits ----------------------------------------------------------------------------
+
+
+async def test_deposit_charges_and_raises_the_balance(
+    app: FastAPI, new_shopper: NewShopper
+) -> None:
+    shopper: Shopper = await new_shopper()
+    response = await deposit(shopper, 5000)
+    assert response.status_code == 201
+    assert response.json()["amount"] == 5000
+    assert (await shopper.get("/api/accounts")).json()[0]["balance"] == 5000
+    assert gateway_of(app).total_charged == 5000
+
+
+@pytest.mark.parametrize(("number", "status"), [(DECLINED, 402), (NO_FUNDS, 402), (TRANSIENT, 503)])
+async def test_failed_deposit_changes_nothing(
+    app: FastAPI, new_shopper: NewShopper, number: str, status: int
+) -> None:
+    shopper: Shopper = await new_shopper()
+    before = await snapshot(shopper)
+    response = await deposit(shopper, 5000, number)
+    assert response.status_code == status
+    assert await snapshot(shopper) == before
+    assert gateway_of(app).total_charged == 0
+
+
+async def test_deposit_into_someone_elses_account_is_404(new_shopper: NewShopper) -> None:
+    alice: Shopper = await new_shopper()
+    bob: Shopper = await new_shopper()
+    response = await alice.post(
+        f"/api/accounts/{bob.account_id}/deposits", {"amount": 100, "card_number": OK_CARD}
+    )
+    assert response.status_code == 404
+    assert (await bob.get("/api/accounts")).json()[0]["balance"] == 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"amount": 0, "card_number": OK_CARD},
+        {"amount": -5, "card_number": OK_CARD},
+        {"amount": 1.5, "card_number": OK_CARD},
+        {"amount": 100, "card_number": "4242-4242"},
+        {"amount": 100},
+    ],
+)
+async def test_bad_deposits_are_422(new_shopper: NewShopper, body: dict[str, Any]) -> None:
+    shopper: Shopper = await new_shopper()
+    response = await shopper.post(f"/api/accounts/{shopper.account_id}/deposits", body)
+    assert response.status_code == 422
+
+
+async def test_deposit_needs_the_csrf_token(app: FastAPI, new_shopper: NewShopper) -> None:
+    shopper: Shopper = await new_shopper()
+    response = await shopper.client.post(
+        f"/api/accounts/{shopper.account_id}/deposits", json={"amount": 100, "card_number": OK_CARD}
+    )
+    assert response.status_code == 403
+    assert gateway_of(app).total_charged == 0
+
+
+async def test_deposit_replayed_with_its_key_charges_once(
+    app: FastAPI, new_shopper: NewShopper
+) -> None:
+    shopper: Shopper = await new_shopper()
+    first = await deposit(shopper, 700, **{"Idempotency-Key": "dep-1"})
+    second = await deposit(shopper, 700, **{"Idempotency-Key": "dep-1"})
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert gateway_of(app).total_charged == 700
+    assert (await shopper.get("/api/accounts")).json()[0]["balance"] == 700
+    other = await deposit(shopper, 800, **{"Idempotency-Key": "dep-1"})
+    assert other.status_code == 422
+
+
+# --- transfers ---------------------------------------------------------------------------
+
+
+async def test_transfer_moves_money_both_ways_or_not_at_all(new_shopper: NewShopper) -> None:
+    alice: Shopper = await new_shopper()
+    bob: Shopper = await new_shopper()
+    await deposit(alice, 1000)
+    moved = await alice.post(
+        "/api/transfers",
+        {"from_account_id": alice.account_id, "to_account_id": bob.account_id, "amount": 400},
+    )
+    assert moved.status_code == 201
+    assert moved.json()["amount"] == 400
+    assert (await alice.get("/api/accounts")).json()[0]["balance"] == 600
+    assert (await bob.get("/api/accounts")).json()[0]["balance"] == 400
+
+    too_much = await alice.post(
+        "/api/transfers",
+        {"from_account_id": alice.account_id, "to_account_id": bob.account_id, "amount": 601},
+    )
+    assert too_much.status_code == 409
+    stolen = await alice.post(
+        "/api/transfers",
+        {"from_account_id": bob.account_id, "to_account_id": alice.account_id, "amount": 1},
+    )
+    assert stolen.status_code == 404
+    nowhere = await alice.post(
+        "/api/transfers",
+        {"from_account_id": alice.account_id, "to_account_id": 99999, "amount": 1},
+    )
+    assert nowhere.status_code == 404
+    for body in (
+        {"from_account_id": alice.account_id, "to_account_id": alice.account_id, "amount": 1},
+        {"from_account_id": alice.account_id, "to_account_id": bob.account_id, "amount": 0},
+        {"from_account_id": alice.account_id, "to_account_id": bob.account_id, "amount": -1},
+    ):
+        assert (await alice.post("/api/transfers", body)).status_code == 422
+    assert (await alice.get("/api/accounts")).json()[0]["balance"] == 600
+    assert (await bob.get("/api/accounts")).json()[0]["balance"] == 400
+
+
+# --- orders --------------------------------------------------------------------------------
+
+
+async def test_order_from_an_account(admin: Shopper, new_shopper: NewShopper) -> None:
+    shopper: Shopper = await new_shopper()
+    mug, tee = await add_product(admin, "mug", 1000, 5), await add_product(admin, "tee", 2500, 2)
+    await deposit(shopper, 10_000)
+    response = await order(shopper, [(mug, 2), (tee, 1), (mug, 1)], from_account(shopper))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["status"] == "paid" and body["total"] == 5500
+    assert sorted((i["product_id"], i["quantity"]) for i in body["items"]) == [(mug, 3), (tee, 1)]
+    stock = {p["id"]: p["stock"] for p in (await shopper.get("/api/products")).json()}
+    assert stock == {mug: 2, tee: 1}
+    assert (await shopper.get("/api/accounts")).json()[0]["balance"] == 4500
+    assert (await shopper.get("/api/session")).json()["order_ids"] == [body["id"]]
+    assert (await shopper.get(f"/api/orders/{body['id']}")).json()["total"] == 5500
+
+
+@pytest.mark.parametrize(
+    ("case", "status"),
+    [
+        ("no stock", 409),
+        ("no funds", 402),
+        ("unknown product", 404),
+        ("card declined", 402),
+        ("card no funds", 402),
+        ("gateway failure", 503),
+    ],
+)
+async def test_failed_orders_leave_everything_as_it_was(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper, case: str, status: int
+) -> None:
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 3)
+    await deposit(shopper, 1500)
+    await order(shopper, [(mug, 1)], from_account(shopper))  # one earlier order in the session
+    before = await snapshot(shopper)
+    charged = gateway_of(app).total_charged
+    attempts = {
+        "no stock": ([(mug, 3)], card()),
+        "no funds": ([(mug, 1)], from_account(shopper)),
+        "unknown product": ([(mug, 1), (424242, 1)], card()),
+        "card declined": ([(mug, 2)], card(DECLINED)),
+        "card no funds": ([(mug, 2)], card(NO_FUNDS)),
+        "gateway failure": ([(mug, 2)], card(TRANSIENT)),
+    }
+    items, payment = attempts[case]
+    if case == "no funds":
+        await order(shopper, [(mug, 1)], from_account(shopper))  # balance now 0
+        before = await snapshot(shopper)
+    response = await order(shopper, items, payment)
+    assert response.status_code == status, response.text
+    assert await snapshot(shopper) == before
+    assert gateway_of(app).total_charged == charged
+
+
+async def test_card_order(app: FastAPI, admin: Shopper, new_shopper: NewShopper) -> None:
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1200, 4)
+    response = await order(shopper, [(mug, 2)], card())
+    assert response.status_code == 201
+    assert response.json()["status"] == "paid"
+    assert gateway_of(app).total_charged == 2400
+    assert (await shopper.get("/api/session")).json()["order_ids"] == [response.json()["id"]]
+
+
+async def test_orders_belong_to_their_user(admin: Shopper, new_shopper: NewShopper) -> None:
+    alice: Shopper = await new_shopper()
+    bob: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug")
+    first = (await order(alice, [(mug, 1)], card())).json()
+    second = (await order(alice, [(mug, 2)], card())).json()
+    assert [o["id"] for o in (await alice.get("/api/orders")).json()] == [second["id"], first["id"]]
+    assert (await bob.get(f"/api/orders/{first['id']}")).status_code == 404
+    assert (await bob.get("/api/orders")).json() == []
+    assert (await bob.get("/api/orders/999999")).status_code == 404
+
+
+async def test_a_client_retry_after_a_lost_response_charges_once(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+) -> None:
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    key = {"Idempotency-Key": "checkout-1"}
+    first = await order(shopper, [(mug, 1)], card(), **key)
+    retry = await order(shopper, [(mug, 1)], card(), **key)
+    assert first.status_code == retry.status_code == 201
+    assert first.json() == retry.json()
+    assert gateway_of(app).total_charged == 1000
+    assert len((await shopper.get("/api/orders")).json()) == 1
+    assert (await shopper.get("/api/session")).json()["order_ids"] == [first.json()["id"]]
+    changed = await order(shopper, [(mug, 2)], card(), **key)
+    assert changed.status_code == 422
+
+
+async def test_gateway_timeout_after_the_charge_is_settled_by_reconcile(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+) -> None:
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    gateway = gateway_of(app)
+    gateway.fail_next(2, after_charge=True)  # the charge and the follow-up look-up time out
+    gateway_lookup = gateway.lookup
+
+    async def lookup_times_out(key: str) -> Any:
+        raise GatewayTimeout("no answer")
+
+    gateway.lookup = lookup_times_out  # type: ignore[method-assign]
+    response = await order(shopper, [(mug, 2)], card())
+    gateway.lookup = gateway_lookup  # type: ignore[method-assign]
+    assert response.status_code == 503
+    assert gateway.total_charged == 2000  # the gateway did charge
+    pending = (await shopper.get("/api/orders")).json()
+    assert [o["status"] for o in pending] == ["pending"]
+
+    report = await reconcile(app.state.engine, gateway, min_age_seconds=0)
+    assert report.settled == [f"order {pending[0]['id']}"]
+    assert [o["status"] for o in (await shopper.get("/api/orders")).json()] == ["paid"]
+    assert gateway.total_charged == 2000
+    again = await reconcile(app.state.engine, gateway, min_age_seconds=0)
+    assert again.settled == again.released == []
+
+
+async def test_reconcile_releases_a_reservation_that_was_never_charged(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+) -> None:
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    gateway = gateway_of(app)
+    gateway.fail_next(1, after_charge=False)
+
+    async def no_answer(key: str) -> Any:
+        raise GatewayTimeout("no answer")
+
+    real_lookup, gateway.lookup = gateway.lookup, no_answer  # type: ignore[method-assign]
+    assert (await order(shopper, [(mug, 3)], card())).status_code == 503
+    gateway.lookup = real_lookup  # type: ignore[method-assign]
+    assert (await shopper.get("/api/products")).json()[0]["stock"] == 2  # reserved
+    report = await reconcile(app.state.engine, gateway, min_age_seconds=0)
+    assert len(report.released) == 1
+    assert (await shopper.get("/api/products")).json()[0]["stock"] == 5
+    assert (await shopper.get("/api/orders")).json() == []
+    assert gateway.total_charged == 0
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+async def test_fifty_buyers_racing_for_ten_units_buy_exactly_ten(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+) -> None:
+    mug = await add_product(admin, "mug", 100, 10)
+    buyers: list[Shopper] = [await new_shopper() for _ in range(10)]
+    for buyer in buyers:
+        await deposit(buyer, 1000)
+    attempts = [
+        order(buyer, [(mug, 1)], card() if n % 2 else from_account(buyer))
+        for buyer in buyers
+        for n in range(5)
+    ]
+    responses = await asyncio.gather(*attempts)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(201) == 10, statuses
+    assert set(statuses) == {201, 409}
+    assert (await admin.get("/api/products")).json()[0]["stock"] == 0
+    sold = [len((await b.get("/api/orders")).json()) for b in buyers]
+    assert sum(sold) == 10
+    in_sessions = [len((await b.get("/api/session")).json()["order_ids"]) for b in buyers]
+    assert in_sessions == sold
+
+
+async def test_two_tabs_ordering_at_once_both_land_in_the_session(
+    admin: Shopper, new_shopper: NewShopper
+) -> None:
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 100, 10)
+    await deposit(shopper, 10_000)
+    responses = await asyncio.gather(
+        *(order(shopper, [(mug, 1)], from_account(shopper)) for _ in range(4))
+    )
+    assert [r.status_code for r in responses] == [201] * 4
+    ids = sorted(r.json()["id"] for r in responses)
+    assert sorted((await shopper.get("/api/session")).json()["order_ids"]) == ids
+
+
+async def test_a_slow_order_overlapping_logout_does_not_revive_the_session(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+) -> None:
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 100, 10)
+    cookie = shopper.client.cookies["shop_session"]
+    gateway_of(app).latency_ms = 300
+    slow = asyncio.create_task(order(shopper, [(mug, 1)], card()))
+    await asyncio.sleep(0.1)
+    async with client_for(app) as other_tab:
+        other_tab.cookies.set("shop_session", cookie, domain="shop.test")
+        logout = await other_tab.delete("/api/session", headers=shopper.headers())
+        assert logout.status_code == 204
+    assert (await slow).status_code == 201  # the order itself went through
+    async with client_for(app) as replay:
+        replay.cookies.set("shop_session", cookie, domain="shop.test")
+        assert (await replay.get("/api/session")).status_code == 401
