@@ -28,13 +28,14 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .exceptions import ReplayResponse, ServiceUnavailable
 from .metrics import AtomicMetrics
-from .retry import Backoff, retry_reason
+from .retry import CONNECTION_LOST, Backoff, retry_reason
 from .unit_of_work import CapturedResponse, UnitOfWork
 
 logger = logging.getLogger("fastapi_atomic")
@@ -219,10 +220,14 @@ class _Responder:
             await self.uow.rollback()
             reason = retry_reason(exc)
             self.metrics.rollbacks.labels(reason=reason or "commit_failed").inc()
-            if reason is not None and self.uow.can_retry:
-                raise _Retry(reason) from exc
+            # A connection lost during COMMIT leaves the outcome unknown: never re-run that.
+            if reason not in (None, CONNECTION_LOST) and self.uow.can_retry:
+                raise _Retry(str(reason)) from exc
             detail = _unavailable_detail(exc)
-            if detail is None:
+            if detail is None and reason == CONNECTION_LOST:
+                logger.exception("connection lost during COMMIT; the outcome is unknown")
+                detail = "The database connection was lost while saving; the outcome is unknown."
+            elif detail is None:
                 logger.exception("commit failed; the client gets a 503")
                 detail = "The request could not be saved; nothing was changed. Try again."
             raise _Unavailable(detail) from exc
@@ -233,6 +238,8 @@ class _Responder:
 def _unavailable_detail(exc: BaseException) -> str | None:
     if isinstance(exc, _Unavailable | ServiceUnavailable):
         return exc.detail
+    if isinstance(exc, PoolTimeout):
+        return "The database is busy (no free connection); try again."
     return None
 
 

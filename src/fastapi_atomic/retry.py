@@ -15,6 +15,8 @@ from sqlalchemy.exc import DBAPIError
 SERIALIZATION_FAILURE = "serialization_failure"
 DEADLOCK = "deadlock"
 DATABASE_LOCKED = "database_locked"
+#: the connection broke before COMMIT: nothing of the transaction can have persisted
+CONNECTION_LOST = "connection_lost"
 
 _SQLSTATES = {"40001": SERIALIZATION_FAILURE, "40P01": DEADLOCK}
 _SQLITE_LOCKED = ("database is locked", "database table is locked")
@@ -34,6 +36,8 @@ def retry_reason(exc: BaseException) -> str | None:
 
 
 def _reason_of(exc: BaseException) -> str | None:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return CONNECTION_LOST
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if isinstance(code, str) and code in _SQLSTATES:

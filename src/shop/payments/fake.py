@@ -138,6 +138,11 @@ def create_fake_gateway_app(gateway: FakeGateway | None = None, latency_ms: int 
             raise HTTPException(404, "no charge with this key")
         return _out(result)
 
+    @app.get("/v1/charges")
+    async def charges() -> list[dict[str, int | str]]:
+        """Every real charge, for tests that count them."""
+        return [{"idempotency_key": key, "amount": amount} for key, amount in simulator.charges]
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}

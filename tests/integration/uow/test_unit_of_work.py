@@ -49,6 +49,8 @@ class Harness:
     metrics: AtomicMetrics
     hooks: list[str] = field(default_factory=list)
     checkouts: int = 0
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def names(self) -> list[str]:
         async with self.engine.connect() as connection:
@@ -153,6 +155,16 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
         await db.execute(insert(items).values(name=name))
         uow.on_commit(explode)
         uow.on_commit(lambda: harness.hooks.append("second hook still runs"))
+        return {"name": name}
+
+    @app.post("/slow-write/{name}")
+    async def slow_write(name: str, db: DB) -> dict[str, str]:
+        await db.execute(insert(items).values(name=name))
+        harness.hooks.append("wrote")
+        harness.entered.set()
+        if harness.hooks.count("wrote") == 1:
+            await asyncio.wait_for(harness.gate.wait(), 10)
+            await db.execute(insert(items).values(name=name + "-second"))
         return {"name": name}
 
     @app.get("/no-db")
@@ -329,3 +341,28 @@ async def test_failing_after_commit_hook_keeps_the_request_committed(harness: Ha
     assert response.status_code == 200
     assert await harness.names() == ["kept"]
     assert harness.hooks == ["second hook still runs"]
+
+
+async def test_a_connection_killed_mid_transaction_leaves_nothing_half_done(
+    pg_harness: Harness,
+) -> None:
+    """The server kills our connection after the first insert: the request is re-run whole."""
+    harness = pg_harness
+    async with client_for(build_app(harness)) as client:
+        request = asyncio.create_task(client.post("/slow-write/once"))
+        await asyncio.wait_for(harness.entered.wait(), 10)
+        async with harness.engine.connect() as admin:
+            killed = await admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND state = 'idle in transaction'"
+                )
+            )
+            assert killed.all(), "no transaction to kill"
+        harness.gate.set()
+        response = await request
+    assert response.status_code == 200
+    assert harness.hooks == ["wrote", "wrote"]  # the whole request ran again
+    assert await harness.names() == ["once"]  # the re-run's row only; nothing half-done
+    assert harness.count(harness.metrics.retries, reason="connection_lost") == 1

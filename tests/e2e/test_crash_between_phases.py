@@ -1,0 +1,125 @@
+"""A server killed between the phases of a card checkout; restart, reconcile, and count.
+
+After `shop payments reconcile` there is no reserved stock without a charge and no charge
+without a paid order, whichever side of the charge the crash fell on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from serving import SHOP, Process, base_url, fake_gateway, shop_env, shop_server
+
+ADMIN = {"email": "admin@example.com", "password": "admin-password"}
+CUSTOMER = {"email": "crash@example.com", "password": "crash-password"}
+
+
+def log_in(url: str, credentials: dict[str, str]) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=url, timeout=10)
+    response = client.post("/api/session", json=credentials)
+    assert response.status_code == 200, response.text
+    return client, response.json()["csrf_token"]
+
+
+def setup_shop(url: str) -> int:
+    admin, token = log_in(url, ADMIN)
+    product = admin.post(
+        "/api/products",
+        json={"sku": "crash-mug", "name": "Mug", "price": 1000, "stock": 5},
+        headers={"X-CSRF-Token": token},
+    ).json()
+    signup = httpx.post(f"{url}/api/users", json={"name": "Crash", **CUSTOMER})
+    assert signup.status_code == 201
+    return int(product["id"])
+
+
+def order_in_background(url: str, product_id: int) -> threading.Thread:
+    client, token = log_in(url, CUSTOMER)
+
+    def place() -> None:
+        with contextlib.suppress(httpx.TransportError):  # the server dies under us: the point
+            client.post(
+                "/api/orders",
+                json={
+                    "items": [{"product_id": product_id, "quantity": 2}],
+                    "payment": {"method": "card", "card_number": "4242424242424242"},
+                },
+                headers={"X-CSRF-Token": token},
+            )
+
+    thread = threading.Thread(target=place, daemon=True)
+    thread.start()
+    return thread
+
+
+def state(url: str) -> dict[str, Any]:
+    client, _ = log_in(url, CUSTOMER)
+    return {
+        "stock": client.get("/api/products").json()[0]["stock"],
+        "orders": [o["status"] for o in client.get("/api/orders").json()],
+    }
+
+
+def reconcile(workdir: Path, env: dict[str, str]) -> str:
+    result = subprocess.run(
+        [SHOP, "payments", "reconcile", "--min-age", "0"],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout
+
+
+@pytest.mark.parametrize("gateway_survives", [True, False], ids=["charged", "never-charged"])
+def test_crash_between_phases_then_reconcile(tmp_path: Path, gateway_survives: bool) -> None:
+    gateway = fake_gateway(tmp_path, latency_ms=1500).start()
+    env = shop_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}",
+        SHOP_PAYMENT_GATEWAY=base_url(gateway),
+        SHOP_ADMIN_EMAIL=ADMIN["email"],
+        SHOP_ADMIN_PASSWORD=ADMIN["password"],
+    )
+    server = shop_server(tmp_path, env).start()
+    restarted: Process | None = None
+    try:
+        product_id = setup_shop(base_url(server))
+        order_in_background(base_url(server), product_id)
+        time.sleep(0.8)  # phase 1 committed, the charge is in flight
+        server.kill()
+        if not gateway_survives:
+            gateway.kill()
+            gateway = fake_gateway(
+                tmp_path, latency_ms=0, port=int(base_url(gateway).rsplit(":", 1)[1])
+            ).start()
+        else:
+            time.sleep(1.2)  # the gateway finishes the charge nobody waits for
+        charges = httpx.get(f"{base_url(gateway)}/v1/charges").json()
+        assert len(charges) == (1 if gateway_survives else 0)
+
+        restarted = shop_server(tmp_path, env).start()
+        assert state(base_url(restarted)) == {"stock": 3, "orders": ["pending"]}
+        output = reconcile(tmp_path, env)
+        after = state(base_url(restarted))
+        if gateway_survives:
+            assert "settled: 1" in output
+            assert after == {"stock": 3, "orders": ["paid"]}
+        else:
+            assert "released: 1" in output
+            assert after == {"stock": 5, "orders": []}
+        assert len(httpx.get(f"{base_url(gateway)}/v1/charges").json()) == len(charges)
+        assert "settled: 0" in reconcile(tmp_path, env)  # nothing left to do
+    finally:
+        server.kill()
+        if restarted is not None:
+            restarted.stop()
+        gateway.kill()
