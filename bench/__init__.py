@@ -1,0 +1,1 @@
+"""Load scenarios, baselines and the report: `make bench` (or `python -m bench.run`)."""

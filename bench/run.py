@@ -1,0 +1,676 @@
+"""The benchmark: every scenario against its baselines, measured in the same run.
+
+    python -m bench.run                  # full run (10 s per scenario), writes bench/results/
+    python -m bench.run --quick --out D  # 1 s each, few connections: checks the harness works
+
+Each server runs as its own process (uvicorn, one worker, no access log) on this machine; the
+load comes from wrk (or, where wrk is missing, a small Python client, said so in the report).
+Throughput is reported as a share of the floor measured in the same run, so numbers from
+different machines compare. Scenarios that write check their invariants afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+LUA = HERE / "lua"
+PYTHON = sys.executable
+POSTGRES_URL = os.environ.get(
+    "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+SECRET = "bench-secret-key-" + "b" * 40
+ADMIN = {"email": "bench-admin@example.com", "password": "bench-admin-password"}
+CUSTOMER = {"name": "Bench", "email": "bench@example.com", "password": "bench-password"}
+
+
+# --- infrastructure ---------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), 1):
+            return True
+    except OSError:
+        return False
+
+
+def run_sql(url: str, statement: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def go() -> None:
+        engine = create_async_engine(url, isolation_level="AUTOCOMMIT")
+        try:
+            async with engine.connect() as connection:
+                await connection.execute(text(statement))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(go())
+
+
+def query(url: str, statement: str) -> list[tuple[Any, ...]]:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def go() -> list[tuple[Any, ...]]:
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as connection:
+                return [tuple(row) for row in await connection.execute(text(statement))]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+@dataclass
+class Databases:
+    """Throw-away databases for this run, dropped at the end."""
+
+    workdir: Path
+    created: list[str] = field(default_factory=list)
+
+    def postgres(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        name = f"bench_{uuid.uuid4().hex[:10]}"
+        base = make_url(POSTGRES_URL)
+        run_sql(base.set(database="postgres").render_as_string(False), f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        url = base.set(database=name).render_as_string(False)
+        migrate(url)
+        return url
+
+    def sqlite(self) -> str:
+        url = f"sqlite+aiosqlite:///{self.workdir / f'bench-{uuid.uuid4().hex[:8]}.db'}"
+        migrate(url)
+        return url
+
+    def drop(self) -> None:
+        from sqlalchemy.engine import make_url
+
+        admin = make_url(POSTGRES_URL).set(database="postgres").render_as_string(False)
+        for name in self.created:
+            run_sql(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def migrate(url: str) -> None:
+    from shop.db.migrate import upgrade_sync
+
+    upgrade_sync(url)
+
+
+class Server:
+    def __init__(self, target: str, env: dict[str, str], factory: bool, workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [PYTHON, "-m", "uvicorn", target, "--port", str(self.port), "--workers", "1"]
+        args += ["--no-access-log", "--log-level", "warning"] + (["--factory"] if factory else [])
+        self.log = workdir / f"server-{self.port}.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                args,
+                env={**os.environ, "PYTHONPATH": str(HERE.parent), **env},
+                cwd=workdir,
+                stdout=log,
+                stderr=log,
+            )
+
+    def wait(self, path: str) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server died: {self.log.read_text()[-1500:]}")
+            try:
+                if httpx.get(self.url + path, timeout=1).status_code < 500:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str | None = None  # "{n}" is replaced by a unique counter
+
+
+def measure(url: str, load: Load, connections: int, duration: float) -> dict[str, Any]:
+    if load.body:  # unique per measurement, so a warm-up and the run never collide
+        load = Load(
+            load.method,
+            load.path,
+            load.headers,
+            load.body.replace("{n}", f"{uuid.uuid4().hex[:6]}-{{n}}"),
+        )
+    if shutil.which("wrk"):
+        return _wrk(url, load, connections, duration)
+    return asyncio.run(_python_load(url, load, connections, duration))
+
+
+def _wrk(url: str, load: Load, connections: int, duration: float) -> dict[str, Any]:
+    script = LUA / ("post_json.lua" if load.method == "POST" else "get.lua")
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
+    args += ["--timeout", "10s", "-s", str(script)]
+    for name, value in load.headers.items():
+        args += ["-H", f"{name}: {value}"]
+    env = {**os.environ, "BENCH_LUA_DIR": str(LUA), "BENCH_BODY": load.body or ""}
+    output = subprocess.run(
+        [*args, url + load.path], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    line = next(line for line in output.splitlines() if line.startswith("BENCH_JSON "))
+    result: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
+    result["tool"] = "wrk"
+    return result
+
+
+async def _python_load(url: str, load: Load, connections: int, duration: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = non_2xx = 0
+    counter = 0
+    deadline = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=connections)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
+
+        async def worker() -> None:
+            nonlocal errors, non_2xx, counter
+            while time.monotonic() < deadline:
+                counter += 1
+                body = load.body.replace("{n}", str(counter)) if load.body else None
+                started = time.monotonic()
+                try:
+                    response = await client.request(
+                        load.method,
+                        load.path,
+                        content=body,
+                        headers={**load.headers, "content-type": "application/json"},
+                    )
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append(time.monotonic() - started)
+                non_2xx += not 200 <= response.status_code < 400
+
+        started = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.monotonic() - started
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1000 if latencies else 0
+        )
+
+    return {
+        "requests": len(latencies),
+        "rps": len(latencies) / elapsed,
+        "p50_ms": pct(0.5),
+        "p99_ms": pct(0.99),
+        "max_ms": pct(1.0),
+        "socket_errors": errors,
+        "non_2xx": non_2xx,
+        "tool": "python (wrk not installed)",
+    }
+
+
+# --- scenarios ----------------------------------------------------------------------------
+
+
+@dataclass
+class Scenario:
+    name: str
+    app: str  # "floor", "shop", "popular", "starsessions"
+    load: Callable[[str, str], Load]  # given the server and database URLs: what to send
+    database: str | None = None  # "postgres" | "sqlite"
+    store: str | None = None
+    needs: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    connections: int = 32
+    target: str | None = None
+    check: Callable[[dict[str, Any], float], bool] | None = None
+    invariants: Callable[[str], list[str]] | None = None
+    health: str = "/healthz"
+
+
+def shop_session_cookie(url: str) -> tuple[str, str]:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        client.post("/api/users", json=CUSTOMER)
+        response = client.post(
+            "/api/session", json={"email": CUSTOMER["email"], "password": CUSTOMER["password"]}
+        )
+        response.raise_for_status()
+        return f"shop_session={client.cookies['shop_session']}", response.json()["csrf_token"]
+
+
+def baseline_cookie(url: str, name: str) -> str:
+    with httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/api/session", json={"email": CUSTOMER["email"]})
+        response.raise_for_status()
+        return f"{name}={client.cookies[name]}"
+
+
+def session_read(url: str, database_url: str) -> Load:
+    cookie, _ = shop_session_cookie(url)
+    return Load("GET", "/api/session", {"Cookie": cookie})
+
+
+def prepare_checkout(url: str, database_url: str) -> tuple[str, str, int, int]:
+    """A product with plenty of stock, a customer with plenty of money; returns the ids."""
+    cookie, csrf = shop_session_cookie(url)
+    with httpx.Client(base_url=url, timeout=30) as admin:
+        token = admin.post("/api/session", json=ADMIN).json()["csrf_token"]
+        product = admin.post(
+            "/api/products",
+            json={"sku": "bench", "name": "Bench item", "price": 100, "stock": 1_000_000_000},
+            headers={"X-CSRF-Token": token},
+        ).json()
+    with httpx.Client(
+        base_url=url, timeout=30, headers={"Cookie": cookie, "X-CSRF-Token": csrf}
+    ) as c:
+        account_id = c.get("/api/accounts").json()[0]["id"]
+        for _ in range(5):
+            c.post(
+                f"/api/accounts/{account_id}/deposits",
+                json={"amount": 100_000_000, "card_number": "4242424242424242"},
+            ).raise_for_status()
+    return cookie, csrf, int(product["id"]), int(account_id)
+
+
+def checkout_load(payment: str) -> Callable[[str, str], Load]:
+    def make(url: str, database_url: str) -> Load:
+        cookie, csrf, product_id, account_id = prepare_checkout(url, database_url)
+        pay = (
+            {"method": "account", "account_id": account_id}
+            if payment == "account"
+            else {"method": "card", "card_number": "4242424242424242"}
+        )
+        body = json.dumps({"items": [{"product_id": product_id, "quantity": 1}], "payment": pay})
+        return Load("POST", "/api/orders", {"Cookie": cookie, "X-CSRF-Token": csrf}, body)
+
+    return make
+
+
+def money_invariants(database_url: str) -> list[str]:
+    """Stock and money add up: nothing sold that was not paid, nothing paid twice."""
+    problems: list[str] = []
+    ((stock, sold),) = query(
+        database_url,
+        "SELECT p.stock, COALESCE((SELECT SUM(i.quantity) FROM order_items i JOIN orders o "
+        "ON o.id = i.order_id WHERE o.status IN ('paid', 'pending')), 0) FROM products p "
+        "WHERE p.sku = 'bench'",
+    )
+    if stock + sold != 1_000_000_000:
+        problems.append(f"stock {stock} + sold {sold} != 1,000,000,000 (lost updates)")
+    ((balance, spent, deposited),) = query(
+        database_url,
+        "SELECT COALESCE(SUM(a.balance), 0), (SELECT COALESCE(SUM(total), 0) FROM orders "
+        "WHERE status = 'paid' AND payment_method = 'account'), (SELECT COALESCE(SUM(amount), 0) "
+        "FROM deposits WHERE status = 'succeeded') FROM accounts a",
+    )
+    if balance + spent != deposited:
+        problems.append(f"balances {balance} + spent {spent} != deposited {deposited}")
+    if query(database_url, "SELECT COUNT(*) FROM accounts WHERE balance < 0")[0][0]:
+        problems.append("a negative balance")
+    return problems
+
+
+def scenarios() -> list[Scenario]:
+    def hello(url: str, database_url: str) -> Load:
+        return Load("GET", "/hello")
+
+    list_ = [Scenario("floor: constant JSON", "floor", hello, health="/hello")]
+    list_.append(
+        Scenario("shop GET /healthz", "shop", lambda url, db: Load("GET", "/healthz"), "sqlite")
+    )
+    for store, database, needs in (
+        ("sql", "postgres", ("postgres",)),
+        ("sql", "sqlite", ()),
+        ("redis", "postgres", ("postgres", "redis")),
+        ("memory", "sqlite", ()),
+    ):
+        target = (
+            ">= 60% of floor"
+            if (store, database) in {("sql", "postgres"), ("redis", "postgres")}
+            else None
+        )
+        list_.append(
+            Scenario(
+                f"shop session read, {store} store on {database}",
+                "shop",
+                session_read,
+                database,
+                store,
+                needs,
+                target=target,
+                check=(lambda r, floor: r["rps"] >= 0.6 * floor) if target else None,
+            )
+        )
+    list_.append(
+        Scenario(
+            "popular: Starlette cookie session read",
+            "popular",
+            lambda url, db: Load(
+                "GET", "/api/session", {"Cookie": baseline_cookie(url, "session")}
+            ),
+            "postgres",
+            needs=("postgres",),
+            health="/docs",
+        )
+    )
+    list_.append(
+        Scenario(
+            "starsessions on Redis session read",
+            "starsessions",
+            lambda url, db: Load(
+                "GET", "/api/session", {"Cookie": baseline_cookie(url, "session")}
+            ),
+            needs=("redis",),
+            health="/docs",
+        )
+    )
+    list_.append(
+        Scenario(
+            "shop sign-up (argon2id) on postgres",
+            "shop",
+            lambda url, db: Load(
+                "POST",
+                "/api/users",
+                body='{"name":"x","email":"u{n}@bench.io","password":"password1"}',
+            ),
+            "postgres",
+            "sql",
+            ("postgres",),
+            connections=8,
+        )
+    )
+    list_.append(
+        Scenario(
+            "shop account checkout on postgres",
+            "shop",
+            checkout_load("account"),
+            "postgres",
+            "sql",
+            ("postgres",),
+            target=">= 25% of floor",
+            check=lambda r, floor: r["rps"] >= 0.25 * floor,
+            invariants=money_invariants,
+        )
+    )
+    list_.append(
+        Scenario(
+            "shop card checkout (gateway 50 ms) on postgres",
+            "shop",
+            checkout_load("card"),
+            "postgres",
+            "sql",
+            ("postgres",),
+            env={"SHOP_FAKE_GATEWAY_LATENCY_MS": "50"},
+            connections=64,
+            target="p99 < 300 ms at 64 connections",
+            check=lambda r, floor: r["p99_ms"] < 300,
+            invariants=money_invariants,
+        )
+    )
+    list_.append(
+        Scenario(
+            "popular: account checkout on postgres",
+            "popular",
+            popular_checkout,
+            "postgres",
+            needs=("postgres",),
+            invariants=money_invariants,
+            health="/docs",
+        )
+    )
+    return list_
+
+
+def popular_checkout(url: str, database_url: str) -> Load:
+    """The same checkout the popular way, on a database prepared by the shop's own API."""
+    cookie = baseline_cookie(url, "session")
+    product_id, account_id = query(
+        database_url,
+        "SELECT (SELECT id FROM products WHERE sku = 'bench'), (SELECT a.id FROM accounts a "
+        "JOIN users u ON u.id = a.user_id WHERE u.email = 'bench@example.com')",
+    )[0]
+    body = json.dumps(
+        {
+            "items": [{"product_id": product_id, "quantity": 1}],
+            "payment": {"method": "account", "account_id": account_id},
+        }
+    )
+    return Load("POST", "/api/orders", {"Cookie": cookie}, body)
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def shop_env(database_url: str, store: str | None, extra: dict[str, str]) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SHOP_")}
+    env.update(
+        SHOP_DATABASE_URL=database_url,
+        SHOP_SESSION_STORE=store or "sql",
+        SHOP_REDIS_URL=REDIS_URL,
+        SHOP_REDIS_PREFIX=f"bench:{uuid.uuid4().hex[:8]}:",
+        SHOP_SECRET_KEYS=SECRET,
+        SHOP_COOKIE_SECURE="false",
+        SHOP_ADMIN_EMAIL=ADMIN["email"],
+        SHOP_ADMIN_PASSWORD=ADMIN["password"],
+        SHOP_DB_POOL_SIZE="20",
+        **extra,
+    )
+    return env
+
+
+def run_scenario(
+    scenario: Scenario,
+    databases: Databases,
+    duration: float,
+    connections: int | None,
+    workdir: Path,
+    shared_checkout_db: dict[str, str],
+) -> dict[str, Any]:
+    database_url = ""
+    if scenario.database == "postgres":
+        if scenario.app == "popular" and "checkout" in scenario.name:
+            database_url = shared_checkout_db.setdefault("postgres", databases.postgres())
+        else:
+            database_url = databases.postgres()
+    elif scenario.database == "sqlite":
+        database_url = databases.sqlite()
+    if scenario.app == "shop":
+        server = Server(
+            "shop.app:create_app",
+            shop_env(database_url, scenario.store, scenario.env),
+            True,
+            workdir,
+        )
+    elif scenario.app == "popular":
+        server = Server(
+            "bench.apps.popular:app",
+            {"BENCH_DATABASE_URL": database_url, "BENCH_SECRET": SECRET},
+            False,
+            workdir,
+        )
+    elif scenario.app == "starsessions":
+        server = Server(
+            "bench.apps.starsessions_app:app", {"BENCH_REDIS_URL": REDIS_URL}, False, workdir
+        )
+    else:
+        server = Server("bench.apps.floor:app", {}, False, workdir)
+    try:
+        server.wait(scenario.health)
+        if scenario.app == "popular" and "checkout" in scenario.name:
+            prepare_popular(database_url, workdir)
+        load = scenario.load(server.url, database_url)
+        if scenario.app == "shop" and "checkout" in scenario.name:
+            shared_checkout_db.setdefault("postgres", database_url)
+        measure(server.url, load, 4, min(1.0, duration / 5))  # warm-up
+        result = measure(server.url, load, connections or scenario.connections, duration)
+        violations = scenario.invariants(database_url) if scenario.invariants else []
+    finally:
+        server.stop()
+    return {**result, "violations": violations}
+
+
+def prepare_popular(database_url: str, workdir: Path) -> None:
+    """The popular app needs the shop's bench data: reuse the shop's database if it has it."""
+    if not query(database_url, "SELECT COUNT(*) FROM products WHERE sku = 'bench'")[0][0]:
+        shop = Server("shop.app:create_app", shop_env(database_url, "sql", {}), True, workdir)
+        try:
+            shop.wait("/healthz")
+            prepare_checkout(shop.url, database_url)
+        finally:
+            shop.stop()
+
+
+def available(needs: tuple[str, ...]) -> str | None:
+    for need in needs:
+        if need == "postgres" and not reachable("127.0.0.1", 5432):
+            return "PostgreSQL not reachable on 127.0.0.1:5432"
+        if need == "redis" and not reachable("127.0.0.1", 6379):
+            return "Redis not reachable on 127.0.0.1:6379"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1 s per scenario, 4 connections")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--connections", type=int, default=None)
+    parser.add_argument("--only", help="run scenarios whose name contains this text")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args(argv)
+    duration = 1.0 if args.quick else args.duration
+    connections = 4 if args.quick else args.connections
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        workdir = Path(tmp)
+        databases = Databases(workdir)
+        shared: dict[str, str] = {}
+        try:
+            for scenario in scenarios():
+                if args.only and args.only not in scenario.name and scenario.app != "floor":
+                    continue
+                missing = available(scenario.needs)
+                row: dict[str, Any] = {"scenario": scenario.name, "target": scenario.target}
+                if missing:
+                    rows.append({**row, "skipped": missing})
+                    print(f"skip  {scenario.name}: {missing}", flush=True)
+                    continue
+                result = run_scenario(scenario, databases, duration, connections, workdir, shared)
+                rows.append({**row, **result, "_check": scenario.check})
+                print(
+                    f"done  {scenario.name}: {result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms,"
+                    f" non-2xx {result['non_2xx']}, violations {len(result['violations'])}",
+                    flush=True,
+                )
+        finally:
+            databases.drop()
+    write_report(rows, args.out, quick=args.quick, argv=sys.argv[1:] if argv is None else argv)
+    return 0
+
+
+def write_report(rows: list[dict[str, Any]], out: Path, *, quick: bool, argv: list[str]) -> None:
+    floor = next((r["rps"] for r in rows if r["scenario"].startswith("floor") and "rps" in r), 0.0)
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Run: {datetime.now(UTC).isoformat(timespec='seconds')} — `python -m bench.run {' '.join(argv)}`"
+        + (" (quick: harness check only, numbers mean nothing)" if quick else ""),
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()};"
+        " servers, load generator, PostgreSQL and Redis share this machine.",
+        "",
+        "| scenario | req/s | % of floor | p50 ms | p99 ms | non-2xx | errors | invariants | target | met |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(
+                f"| {row['scenario']} | skipped: {row['skipped']} | | | | | | | {row['target'] or ''} | |"
+            )
+            continue
+        share = 100 * row["rps"] / floor if floor else 0
+        row["percent_of_floor"] = round(share, 1)
+        check = row.pop("_check", None)
+        met = "" if check is None or quick else ("yes" if check(row, floor) else "**no**")
+        row["target_met"] = met
+        invariants = "ok" if not row["violations"] else "; ".join(row["violations"])
+        lines.append(
+            f"| {row['scenario']} | {row['rps']:.0f} | {share:.0f}% | {row['p50_ms']:.1f} | "
+            f"{row['p99_ms']:.1f} | {row['non_2xx']} | {row['socket_errors']} | {invariants} | "
+            f"{row['target'] or ''} | {met} |"
+        )
+    tools = {row.get("tool") for row in rows if "tool" in row}
+    lines += ["", f"Load generator: {', '.join(sorted(t for t in tools if t))}."]
+    (out / "latest.md").write_text("\n".join(lines) + "\n")
+    clean = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
+    (out / "latest.json").write_text(json.dumps(clean, indent=2) + "\n")
+    chart(clean, out / "latest.png")
+
+
+def chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [r for r in rows if "percent_of_floor" in r]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(measured) + 1.5))
+    names = [r["scenario"] for r in measured]
+    values = [r["percent_of_floor"] for r in measured]
+    colors = ["#4c72b0" if r["scenario"].startswith("shop") else "#999999" for r in measured]
+    ax.barh(names, values, color=colors)
+    ax.invert_yaxis()
+    ax.set_xlabel("throughput, % of the floor measured in the same run")
+    for y, value in enumerate(values):
+        ax.text(value + 1, y, f"{value:.0f}%", va="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""The benchmark harness works end to end (numbers are not judged here: `make bench` does)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmark_run(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    rows = json.loads((tmp_path / "latest.json").read_text())
+    report = (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "latest.png").stat().st_size > 0
+    measured = [row for row in rows if "rps" in row]
+    assert measured[0]["scenario"].startswith("floor") and measured[0]["rps"] > 0
+    for row in rows:
+        assert row["scenario"] in report
+    for row in measured:
+        assert row["rps"] > 0, row
+        if row["scenario"].startswith("shop"):
+            assert row["violations"] == [], row  # the shop never loses money or stock
+            if "sign-up" not in row["scenario"]:
+                assert row["non_2xx"] == 0, row
