@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | cksum
 LINT_PATHS := src tests $(wildcard bench)
 PYTEST := $(BIN)/pytest -p no:cacheprovider
 
-.PHONY: install run test test-unit test-integration test-e2e test-bench lint format bench lock clean
+.PHONY: install run test test-unit test-integration test-e2e test-browser test-bench lint format bench lock clean
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed"'
@@ -33,6 +33,9 @@ test-integration: install
 
 test-e2e: install
 	$(PYTEST) tests/e2e
+
+test-browser: install
+	$(PYTEST) tests/browser
 
 test-bench: install
 	$(PYTEST) tests/bench

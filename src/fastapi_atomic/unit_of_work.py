@@ -95,6 +95,11 @@ class UnitOfWork:
         return self._db is not None
 
     @property
+    def autocommit_engine(self) -> AsyncEngine:
+        """The engine in autocommit: for reads that need no transaction (one round trip)."""
+        return _engine_variant(self.engine, {"isolation_level": "AUTOCOMMIT"})
+
+    @property
     def in_transaction(self) -> bool:
         return self._db is not None and self._db.in_transaction()
 

@@ -20,9 +20,19 @@ async def count_rows(database_url: str) -> tuple[int, int]:
     engine = create_async_engine(database_url)
     try:
         async with engine.connect() as connection:
-            users = (await connection.execute(select(func.count()).select_from(User))).scalar_one()
+            # The administrator from the settings exists from start-up: count the others.
+            users = (
+                await connection.execute(
+                    select(func.count()).select_from(User).where(User.role != "admin")
+                )
+            ).scalar_one()
             accounts = (
-                await connection.execute(select(func.count()).select_from(Account))
+                await connection.execute(
+                    select(func.count())
+                    .select_from(Account)
+                    .join(User)
+                    .where(User.role != "admin")
+                )
             ).scalar_one()
     finally:
         await engine.dispose()

@@ -56,16 +56,18 @@ class SqlStore:
         return record.expires_at(self.idle_timeout, self.absolute_timeout)
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
-        if uow.engine.dialect.name == "sqlite" and not uow.in_transaction:
-            # SQLite has one writer: reading inside the request's (immediate) transaction would
-            # hold the write lock from the first line of every request, and block a separate
-            # transaction the request needs first (an idempotency key's claim). Read aside.
-            async with uow.engine.connect() as connection:
-                text = await connection.scalar(
-                    select(self.table.c.record).where(self.table.c.key == key)
-                )
-            return SessionRecord.from_json(text) if text is not None else None
-        return await self._load(uow.db, key)
+        if uow.in_transaction:
+            return await self._load(uow.db, key)
+        # Read in autocommit, outside the request's transaction: one round trip instead of
+        # BEGIN, SELECT, COMMIT, and no transaction held for a request that only reads the
+        # session. On SQLite it also keeps the single write lock free for a separate
+        # transaction the request may need first (an idempotency key's claim). Saving is a
+        # compare-and-set on the version, so reading aside cannot lose a concurrent write.
+        async with uow.autocommit_engine.connect() as connection:
+            text = await connection.scalar(
+                select(self.table.c.record).where(self.table.c.key == key)
+            )
+        return SessionRecord.from_json(text) if text is not None else None
 
     async def _load(self, db: AsyncSession, key: str) -> SessionRecord | None:
         text = await db.scalar(select(self.table.c.record).where(self.table.c.key == key))
