@@ -24,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,6 @@ POSTGRES_URL = os.environ.get(
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = "bench-secret-key-" + "b" * 40
 ADMIN = {"email": "bench-admin@example.com", "password": "bench-admin-password"}
-CUSTOMER = {"name": "Bench", "email": "bench@example.com", "password": "bench-password"}
 
 
 # --- infrastructure ---------------------------------------------------------------------
@@ -171,29 +170,38 @@ class Load:
     method: str
     path: str
     headers: dict[str, str] = field(default_factory=dict)
-    body: str | None = None  # "{n}" is replaced by a unique counter
+    #: "{n}" becomes a unique counter; with sessions, "{account}" and "{product}" rotate too
+    body: str | None = None
+    #: many logged-in customers (cookie, CSRF token, account id), one per request in turn
+    sessions: list[tuple[str, str, int]] = field(default_factory=list)
+    products: list[int] = field(default_factory=list)
 
 
 def measure(url: str, load: Load, connections: int, duration: float) -> dict[str, Any]:
     if load.body:  # unique per measurement, so a warm-up and the run never collide
-        load = Load(
-            load.method,
-            load.path,
-            load.headers,
-            load.body.replace("{n}", f"{uuid.uuid4().hex[:6]}-{{n}}"),
-        )
+        load = replace(load, body=load.body.replace("{n}", f"{uuid.uuid4().hex[:6]}-{{n}}"))
     if shutil.which("wrk"):
         return _wrk(url, load, connections, duration)
     return asyncio.run(_python_load(url, load, connections, duration))
 
 
 def _wrk(url: str, load: Load, connections: int, duration: float) -> dict[str, Any]:
-    script = LUA / ("post_json.lua" if load.method == "POST" else "get.lua")
+    env = {**os.environ, "BENCH_LUA_DIR": str(LUA), "BENCH_BODY": load.body or ""}
+    if load.sessions:
+        script = LUA / "rotate.lua"
+        sessions_file = Path(tempfile.mkstemp(suffix=".tsv")[1])
+        sessions_file.write_text("".join(f"{c}\t{t}\t{a}\n" for c, t, a in load.sessions))
+        env.update(
+            BENCH_SESSIONS_FILE=str(sessions_file),
+            BENCH_PRODUCTS=",".join(map(str, load.products)),
+            BENCH_METHOD=load.method,
+        )
+    else:
+        script = LUA / ("post_json.lua" if load.method == "POST" else "get.lua")
     args = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
     args += ["--timeout", "10s", "-s", str(script)]
     for name, value in load.headers.items():
         args += ["-H", f"{name}: {value}"]
-    env = {**os.environ, "BENCH_LUA_DIR": str(LUA), "BENCH_BODY": load.body or ""}
     output = subprocess.run(
         [*args, url + load.path], env=env, capture_output=True, text=True, check=True
     ).stdout
@@ -259,7 +267,7 @@ async def _python_load(url: str, load: Load, connections: int, duration: float) 
 class Scenario:
     name: str
     app: str  # "floor", "shop", "popular", "starsessions"
-    load: Callable[[str, str], Load]  # given the server and database URLs: what to send
+    load: Callable[[str, str, int], Load]  # server URL, database URL, customers: what to send
     database: str | None = None  # "postgres" | "sqlite"
     store: str | None = None
     needs: tuple[str, ...] = ()
@@ -271,60 +279,78 @@ class Scenario:
     health: str = "/healthz"
 
 
-def shop_session_cookie(url: str) -> tuple[str, str]:
-    with httpx.Client(base_url=url, timeout=30) as client:
-        client.post("/api/users", json=CUSTOMER)
-        response = client.post(
-            "/api/session", json={"email": CUSTOMER["email"], "password": CUSTOMER["password"]}
-        )
-        response.raise_for_status()
-        return f"shop_session={client.cookies['shop_session']}", response.json()["csrf_token"]
+def shop_customers(url: str, count: int, *, money: bool) -> list[tuple[str, str, int]]:
+    """Sign up and log in ``count`` customers (with money, if asked): cookie, CSRF, account."""
+    customers = []
+    prefix = uuid.uuid4().hex[:6]
+    for n in range(count):
+        email, password = f"bench-{prefix}-{n}@example.com", "bench-password"
+        with httpx.Client(base_url=url, timeout=30) as client:
+            created = client.post(
+                "/api/users", json={"name": f"Bench {n}", "email": email, "password": password}
+            )
+            created.raise_for_status()
+            account_id = int(created.json()["accounts"][0]["id"])
+            login = client.post("/api/session", json={"email": email, "password": password})
+            login.raise_for_status()
+            cookie = f"shop_session={client.cookies['shop_session']}"
+            csrf = login.json()["csrf_token"]
+            for _ in range(2 if money else 0):
+                client.post(
+                    f"/api/accounts/{account_id}/deposits",
+                    json={"amount": 100_000_000, "card_number": "4242424242424242"},
+                    headers={"X-CSRF-Token": csrf},
+                ).raise_for_status()
+        customers.append((cookie, csrf, account_id))
+    return customers
 
 
-def baseline_cookie(url: str, name: str) -> str:
+def baseline_cookie(url: str, name: str, email: str = "nobody@example.com") -> str:
     with httpx.Client(base_url=url, timeout=30) as client:
-        response = client.post("/api/session", json={"email": CUSTOMER["email"]})
+        response = client.post("/api/session", json={"email": email})
         response.raise_for_status()
         return f"{name}={client.cookies[name]}"
 
 
-def session_read(url: str, database_url: str) -> Load:
-    cookie, _ = shop_session_cookie(url)
-    return Load("GET", "/api/session", {"Cookie": cookie})
+def session_read(url: str, database_url: str, users: int) -> Load:
+    return Load("GET", "/api/session", sessions=shop_customers(url, users, money=False))
 
 
-def prepare_checkout(url: str, database_url: str) -> tuple[str, str, int, int]:
-    """A product with plenty of stock, a customer with plenty of money; returns the ids."""
-    cookie, csrf = shop_session_cookie(url)
+BENCH_PRODUCTS = 8
+BENCH_STOCK = 100_000_000
+
+
+def bench_products(url: str) -> list[int]:
     with httpx.Client(base_url=url, timeout=30) as admin:
         token = admin.post("/api/session", json=ADMIN).json()["csrf_token"]
-        product = admin.post(
-            "/api/products",
-            json={"sku": "bench", "name": "Bench item", "price": 100, "stock": 1_000_000_000},
-            headers={"X-CSRF-Token": token},
-        ).json()
-    with httpx.Client(
-        base_url=url, timeout=30, headers={"Cookie": cookie, "X-CSRF-Token": csrf}
-    ) as c:
-        account_id = c.get("/api/accounts").json()[0]["id"]
-        for _ in range(5):
-            c.post(
-                f"/api/accounts/{account_id}/deposits",
-                json={"amount": 100_000_000, "card_number": "4242424242424242"},
-            ).raise_for_status()
-    return cookie, csrf, int(product["id"]), int(account_id)
+        ids = []
+        for n in range(BENCH_PRODUCTS):
+            product = admin.post(
+                "/api/products",
+                json={
+                    "sku": f"bench-{n}",
+                    "name": f"Bench {n}",
+                    "price": 100,
+                    "stock": BENCH_STOCK,
+                },
+                headers={"X-CSRF-Token": token},
+            )
+            product.raise_for_status()
+            ids.append(int(product.json()["id"]))
+    return ids
 
 
-def checkout_load(payment: str) -> Callable[[str, str], Load]:
-    def make(url: str, database_url: str) -> Load:
-        cookie, csrf, product_id, account_id = prepare_checkout(url, database_url)
+def checkout_load(payment: str) -> Callable[[str, str, int], Load]:
+    def make(url: str, database_url: str, users: int) -> Load:
+        products = bench_products(url)
+        customers = shop_customers(url, users, money=payment == "account")
         pay = (
-            {"method": "account", "account_id": account_id}
+            '{"method": "account", "account_id": {account}}'
             if payment == "account"
-            else {"method": "card", "card_number": "4242424242424242"}
+            else '{"method": "card", "card_number": "4242424242424242"}'
         )
-        body = json.dumps({"items": [{"product_id": product_id, "quantity": 1}], "payment": pay})
-        return Load("POST", "/api/orders", {"Cookie": cookie, "X-CSRF-Token": csrf}, body)
+        body = '{"items": [{"product_id": {product}, "quantity": 1}], "payment": ' + pay + "}"
+        return Load("POST", "/api/orders", body=body, sessions=customers, products=products)
 
     return make
 
@@ -334,12 +360,13 @@ def money_invariants(database_url: str) -> list[str]:
     problems: list[str] = []
     ((stock, sold),) = query(
         database_url,
-        "SELECT p.stock, COALESCE((SELECT SUM(i.quantity) FROM order_items i JOIN orders o "
-        "ON o.id = i.order_id WHERE o.status IN ('paid', 'pending')), 0) FROM products p "
-        "WHERE p.sku = 'bench'",
+        "SELECT (SELECT SUM(stock) FROM products WHERE sku LIKE 'bench-%'), "
+        "COALESCE((SELECT SUM(i.quantity) FROM order_items i JOIN orders o "
+        "ON o.id = i.order_id WHERE o.status IN ('paid', 'pending')), 0)",
     )
-    if stock + sold != 1_000_000_000:
-        problems.append(f"stock {stock} + sold {sold} != 1,000,000,000 (lost updates)")
+    initial = BENCH_PRODUCTS * BENCH_STOCK
+    if stock + sold != initial:
+        problems.append(f"stock {stock} + sold {sold} != {initial} (lost updates)")
     ((balance, spent, deposited),) = query(
         database_url,
         "SELECT COALESCE(SUM(a.balance), 0), (SELECT COALESCE(SUM(total), 0) FROM orders "
@@ -354,12 +381,14 @@ def money_invariants(database_url: str) -> list[str]:
 
 
 def scenarios() -> list[Scenario]:
-    def hello(url: str, database_url: str) -> Load:
+    def hello(url: str, database_url: str, users: int) -> Load:
         return Load("GET", "/hello")
 
     list_ = [Scenario("floor: constant JSON", "floor", hello, health="/hello")]
     list_.append(
-        Scenario("shop GET /healthz", "shop", lambda url, db: Load("GET", "/healthz"), "sqlite")
+        Scenario(
+            "shop GET /healthz", "shop", lambda url, db, users: Load("GET", "/healthz"), "sqlite"
+        )
     )
     for store, database, needs in (
         ("sql", "postgres", ("postgres",)),
@@ -388,7 +417,7 @@ def scenarios() -> list[Scenario]:
         Scenario(
             "popular: Starlette cookie session read",
             "popular",
-            lambda url, db: Load(
+            lambda url, db, users: Load(
                 "GET", "/api/session", {"Cookie": baseline_cookie(url, "session")}
             ),
             "postgres",
@@ -400,7 +429,7 @@ def scenarios() -> list[Scenario]:
         Scenario(
             "starsessions on Redis session read",
             "starsessions",
-            lambda url, db: Load(
+            lambda url, db, users: Load(
                 "GET", "/api/session", {"Cookie": baseline_cookie(url, "session")}
             ),
             needs=("redis",),
@@ -411,7 +440,7 @@ def scenarios() -> list[Scenario]:
         Scenario(
             "shop sign-up (argon2id) on postgres",
             "shop",
-            lambda url, db: Load(
+            lambda url, db, users: Load(
                 "POST",
                 "/api/users",
                 body='{"name":"x","email":"u{n}@bench.io","password":"password1"}',
@@ -464,21 +493,22 @@ def scenarios() -> list[Scenario]:
     return list_
 
 
-def popular_checkout(url: str, database_url: str) -> Load:
-    """The same checkout the popular way, on a database prepared by the shop's own API."""
-    cookie = baseline_cookie(url, "session")
-    product_id, account_id = query(
+def popular_checkout(url: str, database_url: str, users: int) -> Load:
+    """The same checkout the popular way, by the customers and products the shop's run made."""
+    rows = query(
         database_url,
-        "SELECT (SELECT id FROM products WHERE sku = 'bench'), (SELECT a.id FROM accounts a "
-        "JOIN users u ON u.id = a.user_id WHERE u.email = 'bench@example.com')",
-    )[0]
-    body = json.dumps(
-        {
-            "items": [{"product_id": product_id, "quantity": 1}],
-            "payment": {"method": "account", "account_id": account_id},
-        }
+        "SELECT u.email, a.id FROM users u JOIN accounts a ON a.user_id = u.id "
+        "WHERE u.email LIKE 'bench-%' AND a.balance > 0 ORDER BY u.id",
+    )[:users]
+    products = [
+        r[0] for r in query(database_url, "SELECT id FROM products WHERE sku LIKE 'bench-%'")
+    ]
+    sessions = [(baseline_cookie(url, "session", email), "-", account) for email, account in rows]
+    body = (
+        '{"items": [{"product_id": {product}, "quantity": 1}], '
+        '"payment": {"method": "account", "account_id": {account}}}'
     )
-    return Load("POST", "/api/orders", {"Cookie": cookie}, body)
+    return Load("POST", "/api/orders", body=body, sessions=sessions, products=products)
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -540,8 +570,9 @@ def run_scenario(
     try:
         server.wait(scenario.health)
         if scenario.app == "popular" and "checkout" in scenario.name:
-            prepare_popular(database_url, workdir)
-        load = scenario.load(server.url, database_url)
+            prepare_popular(database_url, workdir, min(64, connections or scenario.connections))
+        users = min(64, connections or scenario.connections)
+        load = scenario.load(server.url, database_url, users)
         if scenario.app == "shop" and "checkout" in scenario.name:
             shared_checkout_db.setdefault("postgres", database_url)
         measure(server.url, load, 4, min(1.0, duration / 5))  # warm-up
@@ -552,13 +583,13 @@ def run_scenario(
     return {**result, "violations": violations}
 
 
-def prepare_popular(database_url: str, workdir: Path) -> None:
+def prepare_popular(database_url: str, workdir: Path, users: int) -> None:
     """The popular app needs the shop's bench data: reuse the shop's database if it has it."""
-    if not query(database_url, "SELECT COUNT(*) FROM products WHERE sku = 'bench'")[0][0]:
+    if not query(database_url, "SELECT COUNT(*) FROM products WHERE sku LIKE 'bench-%'")[0][0]:
         shop = Server("shop.app:create_app", shop_env(database_url, "sql", {}), True, workdir)
         try:
             shop.wait("/healthz")
-            prepare_checkout(shop.url, database_url)
+            checkout_load("account")(shop.url, database_url, users)
         finally:
             shop.stop()
 
