@@ -50,7 +50,7 @@ class WebSessionManager:
         self.secure = secure
         self.samesite = samesite
         self.clock = clock
-        store.configure(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout)
+        store.configure(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout, clock=clock)
 
     def start(self, scope: Scope, uow: UnitOfWork) -> None:
         cookie: str | None = None

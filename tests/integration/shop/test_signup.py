@@ -28,10 +28,7 @@ async def count_rows(database_url: str) -> tuple[int, int]:
             ).scalar_one()
             accounts = (
                 await connection.execute(
-                    select(func.count())
-                    .select_from(Account)
-                    .join(User)
-                    .where(User.role != "admin")
+                    select(func.count()).select_from(Account).join(User).where(User.role != "admin")
                 )
             ).scalar_one()
     finally:

@@ -7,6 +7,7 @@ and register an ``on_rollback`` hook that undoes the write if the COMMIT then fa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from ...unit_of_work import UnitOfWork
@@ -44,6 +45,8 @@ class WebSessionStore(Protocol):
         """Raise if the store does not answer (for readiness checks)."""
         ...
 
-    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
+    def configure(
+        self, *, idle_timeout: float, absolute_timeout: float, clock: Callable[[], float] = ...
+    ) -> None:
         """Told by the manager, so a store can expire records on its own (TTLs, purge)."""
         ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from ...unit_of_work import UnitOfWork
 from ..record import Changes, SessionRecord, apply_changes
@@ -13,9 +14,16 @@ class MemoryStore:
         self._records: dict[str, SessionRecord] = {}
         self.idle_timeout = 1800.0
         self.absolute_timeout = 43200.0
+        self.clock: Callable[[], float] = time.time
 
-    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
-        self.idle_timeout, self.absolute_timeout = idle_timeout, absolute_timeout
+    def configure(
+        self,
+        *,
+        idle_timeout: float,
+        absolute_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.idle_timeout, self.absolute_timeout, self.clock = idle_timeout, absolute_timeout, clock
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         record = self._records.get(key)
@@ -52,7 +60,7 @@ class MemoryStore:
         return None
 
     async def purge_expired(self, now: float | None = None) -> int:
-        moment = time.time() if now is None else now
+        moment = self.clock() if now is None else now
         dead = [
             key
             for key, record in self._records.items()

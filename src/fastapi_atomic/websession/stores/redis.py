@@ -45,6 +45,7 @@ class RedisStore:
         self.prefix = prefix
         self.idle_timeout = 1800.0
         self.absolute_timeout = 43200.0
+        self.clock: Callable[[], float] = time.time
         self._cas = redis.register_script(_CAS)
 
     @classmethod
@@ -52,8 +53,14 @@ class RedisStore:
         client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         return cls(client, prefix=prefix)
 
-    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
-        self.idle_timeout, self.absolute_timeout = idle_timeout, absolute_timeout
+    def configure(
+        self,
+        *,
+        idle_timeout: float,
+        absolute_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.idle_timeout, self.absolute_timeout, self.clock = idle_timeout, absolute_timeout, clock
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}s:{key}"
@@ -62,7 +69,7 @@ class RedisStore:
         return f"{self.prefix}u:{user_id}"
 
     def _ttl_ms(self, record: SessionRecord) -> int:
-        remaining = record.expires_at(self.idle_timeout, self.absolute_timeout) - time.time()
+        remaining = record.expires_at(self.idle_timeout, self.absolute_timeout) - self.clock()
         return max(1, math.ceil(remaining * 1000))
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:

@@ -9,6 +9,7 @@ migrations create the table.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from sqlalchemy import (
     Column,
@@ -48,9 +49,16 @@ class SqlStore:
         self.table = table
         self.idle_timeout = 1800.0
         self.absolute_timeout = 43200.0
+        self.clock: Callable[[], float] = time.time
 
-    def configure(self, *, idle_timeout: float, absolute_timeout: float) -> None:
-        self.idle_timeout, self.absolute_timeout = idle_timeout, absolute_timeout
+    def configure(
+        self,
+        *,
+        idle_timeout: float,
+        absolute_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.idle_timeout, self.absolute_timeout, self.clock = idle_timeout, absolute_timeout, clock
 
     def _expires(self, record: SessionRecord) -> float:
         return record.expires_at(self.idle_timeout, self.absolute_timeout)
@@ -124,6 +132,6 @@ class SqlStore:
         return None  # the database's own readiness check covers it
 
     async def purge_expired(self, db: AsyncSession, now: float | None = None) -> int:
-        moment = time.time() if now is None else now
+        moment = self.clock() if now is None else now
         result = await db.execute(delete(self.table).where(self.table.c.expires_at <= moment))
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
