@@ -66,8 +66,8 @@ def shop_env(database_url: str, **extra: str) -> dict[str, str]:
         SHOP_DATABASE_URL=database_url,
         SHOP_COOKIE_SECURE="false",
         SHOP_SECRET_KEYS="e2e-secret-key-" + "k" * 40,
-        **extra,
     )
+    env.update(extra)
     return env
 
 
