@@ -247,7 +247,10 @@ class WebSession(MutableMapping[str, JSON]):
         touch_due = now - self._record.last_seen_at >= self._manager.touch_interval
         if self._changes or touch_due:
             self._changes.touch = now
-            if await store.update(store_key(self._id), self._changes, self._uow) is None:
+            saved = await store.update(
+                store_key(self._id), self._changes, self._uow, current=self._record
+            )
+            if saved is None:
                 return  # destroyed meanwhile (logout elsewhere): never write it back
         if self._resign:
             self._cookie_action = "set"

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
+from sqlalchemy.orm.attributes import set_committed_value
 
 from fastapi_atomic import UnitOfWork
 from shop.db.models import Account, Order, OrderItem, Payment, Product, utcnow
@@ -88,16 +89,16 @@ def _new_order(
 
 async def _add_items(db: AsyncSession, order: Order, priced: list[tuple[Line, int]]) -> None:
     await db.flush()
-    for line, price in priced:
-        db.add(
-            OrderItem(
-                order_id=order.id,
-                product_id=line.product_id,
-                quantity=line.quantity,
-                unit_price=price,
-            )
+    items = [
+        OrderItem(
+            order_id=order.id, product_id=line.product_id, quantity=line.quantity, unit_price=price
         )
+        for line, price in priced
+    ]
+    db.add_all(items)
     await db.flush()
+    # The order's items are exactly these: no need to read them back.
+    set_committed_value(order, "items", items)
 
 
 async def checkout_with_account(
@@ -121,7 +122,7 @@ async def checkout_with_account(
             raise NotFound(f"Account {account_id} not found.")
         raise PaymentDeclined(f"Insufficient funds in account {account_id}.")
     await _add_items(db, order, priced)
-    return await get_order(db, user_id=user_id, order_id=order.id)
+    return order
 
 
 async def checkout_with_card(

@@ -23,8 +23,18 @@ class WebSessionStore(Protocol):
         """Store a new record; ``key`` is fresh (256 random bits), never one in use."""
         ...
 
-    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
+    async def update(
+        self,
+        key: str,
+        changes: Changes,
+        uow: UnitOfWork,
+        *,
+        current: SessionRecord | None = None,
+    ) -> SessionRecord | None:
         """Replay ``changes`` on the newest record (compare-and-set on its version, retried).
+
+        ``current`` is the record as the request loaded it: tried first, it saves a read when
+        nobody changed the session meanwhile (the common case).
 
         Returns None, writing nothing, when the record is gone: a session destroyed by a logout
         or a regeneration meanwhile is never written back into existence.

@@ -33,8 +33,15 @@ class MemoryStore:
         self._records[key] = record.copy()
         uow.on_rollback(lambda: self._restore(key, record.version, None))
 
-    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
-        current = self._records.get(key)
+    async def update(
+        self,
+        key: str,
+        changes: Changes,
+        uow: UnitOfWork,
+        *,
+        current: SessionRecord | None = None,
+    ) -> SessionRecord | None:
+        current = self._records.get(key)  # always the newest: no compare-and-set needed
         if current is None:
             return None
         updated = apply_changes(current, changes)

@@ -103,11 +103,19 @@ class RedisStore:
             await self._index(record.user_id, key)
         uow.on_rollback(self._undoer(key, record, None))
 
-    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
+    async def update(
+        self,
+        key: str,
+        changes: Changes,
+        uow: UnitOfWork,
+        *,
+        current: SessionRecord | None = None,
+    ) -> SessionRecord | None:
         for _ in range(_CAS_ATTEMPTS):
-            current = await self._get(key)
             if current is None:
-                return None
+                current = await self._get(key)
+                if current is None:
+                    return None
             updated = apply_changes(current, changes)
             outcome = await self._swap(key, current, updated)
             if outcome == -1:
@@ -115,6 +123,7 @@ class RedisStore:
             if outcome == 1:
                 uow.on_rollback(self._undoer(key, updated, current))
                 return updated
+            current = None  # changed since it was read: read it again
         raise RuntimeError(f"web session kept changing under {_CAS_ATTEMPTS} attempts to save it")
 
     def _undoer(

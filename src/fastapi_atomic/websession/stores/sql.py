@@ -19,6 +19,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     delete,
     insert,
     select,
@@ -47,6 +48,7 @@ def web_sessions_table(metadata: MetaData, name: str = "web_sessions") -> Table:
 class SqlStore:
     def __init__(self, table: Table) -> None:
         self.table = table
+        self._select = select(table.c.record).where(table.c.key == bindparam("key"))
         self.idle_timeout = 1800.0
         self.absolute_timeout = 43200.0
         self.clock: Callable[[], float] = time.time
@@ -72,13 +74,11 @@ class SqlStore:
         # transaction the request may need first (an idempotency key's claim). Saving is a
         # compare-and-set on the version, so reading aside cannot lose a concurrent write.
         async with uow.autocommit_engine.connect() as connection:
-            text = await connection.scalar(
-                select(self.table.c.record).where(self.table.c.key == key)
-            )
+            text = await connection.scalar(self._select, {"key": key})
         return SessionRecord.from_json(text) if text is not None else None
 
     async def _load(self, db: AsyncSession, key: str) -> SessionRecord | None:
-        text = await db.scalar(select(self.table.c.record).where(self.table.c.key == key))
+        text = await db.scalar(self._select, {"key": key})
         return SessionRecord.from_json(text) if text is not None else None
 
     async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
@@ -92,12 +92,20 @@ class SqlStore:
             )
         )
 
-    async def update(self, key: str, changes: Changes, uow: UnitOfWork) -> SessionRecord | None:
+    async def update(
+        self,
+        key: str,
+        changes: Changes,
+        uow: UnitOfWork,
+        *,
+        current: SessionRecord | None = None,
+    ) -> SessionRecord | None:
         t = self.table
         for _ in range(_CAS_ATTEMPTS):
-            current = await self._load(uow.db, key)
             if current is None:
-                return None
+                current = await self._load(uow.db, key)
+                if current is None:
+                    return None
             updated = apply_changes(current, changes)
             result = await uow.db.execute(
                 update(t)
@@ -110,6 +118,7 @@ class SqlStore:
             )
             if result.rowcount == 1:  # type: ignore[attr-defined]
                 return updated
+            current = None  # changed (or gone) since it was read: read it again
         raise RuntimeError(f"web session kept changing under {_CAS_ATTEMPTS} attempts to save it")
 
     async def delete(self, key: str, uow: UnitOfWork) -> None:
