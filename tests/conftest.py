@@ -50,10 +50,17 @@ def require_service(name: str, url: str, default_port: int) -> None:
     message = f"{name} is not reachable at {url}"
     if IN_CI:
         pytest.fail(f"{message}; CI=true requires it (start it, see README)", pytrace=False)
-    _not_run[message] += 1
     pytest.skip(message)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        message = str(report.longrepr[2]).removeprefix("Skipped: ")
+        if "is not reachable" in message or "is not installed" in message:
+            _not_run[message] += 1
+
+
+@pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not _not_run:
         return
