@@ -7,11 +7,33 @@ and register an ``on_rollback`` hook that undoes the write if the COMMIT then fa
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Protocol
 
 from ...unit_of_work import UnitOfWork
 from ..record import Changes, SessionRecord
+
+
+class StoreTimeouts:
+    """What every store is told by the manager: its timeouts and its clock (for TTLs, purge)."""
+
+    def __init__(self) -> None:
+        self.idle_timeout = 1800.0
+        self.absolute_timeout = 43200.0
+        self.clock: Callable[[], float] = time.time
+
+    def configure(
+        self,
+        *,
+        idle_timeout: float,
+        absolute_timeout: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.idle_timeout, self.absolute_timeout, self.clock = idle_timeout, absolute_timeout, clock
+
+    def expires_at(self, record: SessionRecord) -> float:
+        return record.expires_at(self.idle_timeout, self.absolute_timeout)
 
 
 class WebSessionStore(Protocol):

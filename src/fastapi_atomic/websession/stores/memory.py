@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from ...unit_of_work import UnitOfWork
 from ..record import Changes, SessionRecord, apply_changes
+from .base import StoreTimeouts
 
 
-class MemoryStore:
+class MemoryStore(StoreTimeouts):
     def __init__(self) -> None:
         self._records: dict[str, SessionRecord] = {}
-        self.idle_timeout = 1800.0
-        self.absolute_timeout = 43200.0
-        self.clock: Callable[[], float] = time.time
-
-    def configure(
-        self,
-        *,
-        idle_timeout: float,
-        absolute_timeout: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.idle_timeout, self.absolute_timeout, self.clock = idle_timeout, absolute_timeout, clock
+        super().__init__()
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         record = self._records.get(key)
@@ -68,11 +55,7 @@ class MemoryStore:
 
     async def purge_expired(self, now: float | None = None) -> int:
         moment = self.clock() if now is None else now
-        dead = [
-            key
-            for key, record in self._records.items()
-            if record.expires_at(self.idle_timeout, self.absolute_timeout) <= moment
-        ]
+        dead = [key for key, record in self._records.items() if self.expires_at(record) <= moment]
         for key in dead:
             del self._records[key]
         return len(dead)

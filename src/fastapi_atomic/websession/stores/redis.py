@@ -7,7 +7,6 @@ write by another request is never clobbered) if that COMMIT fails.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -17,6 +16,7 @@ from redis.asyncio import Redis
 from ...exceptions import ServiceUnavailable
 from ...unit_of_work import UnitOfWork
 from ..record import Changes, SessionRecord, apply_changes
+from .base import StoreTimeouts
 
 T = TypeVar("T")
 _CAS_ATTEMPTS = 20
@@ -39,28 +39,17 @@ return 1
 """
 
 
-class RedisStore:
+class RedisStore(StoreTimeouts):
     def __init__(self, redis: Redis, *, prefix: str = "websession:") -> None:
         self.redis = redis
         self.prefix = prefix
-        self.idle_timeout = 1800.0
-        self.absolute_timeout = 43200.0
-        self.clock: Callable[[], float] = time.time
+        super().__init__()
         self._cas = redis.register_script(_CAS)
 
     @classmethod
     def from_url(cls, url: str, *, prefix: str = "websession:") -> RedisStore:
         client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         return cls(client, prefix=prefix)
-
-    def configure(
-        self,
-        *,
-        idle_timeout: float,
-        absolute_timeout: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.idle_timeout, self.absolute_timeout, self.clock = idle_timeout, absolute_timeout, clock
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}s:{key}"
@@ -69,7 +58,7 @@ class RedisStore:
         return f"{self.prefix}u:{user_id}"
 
     def _ttl_ms(self, record: SessionRecord) -> int:
-        remaining = record.expires_at(self.idle_timeout, self.absolute_timeout) - self.clock()
+        remaining = self.expires_at(record) - self.clock()
         return max(1, math.ceil(remaining * 1000))
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:

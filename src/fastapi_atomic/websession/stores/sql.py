@@ -8,9 +8,6 @@ migrations create the table.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 from sqlalchemy import (
     Column,
     Float,
@@ -29,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ...unit_of_work import UnitOfWork
 from ..record import Changes, SessionRecord, apply_changes
+from .base import StoreTimeouts
 
 _CAS_ATTEMPTS = 20
 
@@ -45,25 +43,11 @@ def web_sessions_table(metadata: MetaData, name: str = "web_sessions") -> Table:
     )
 
 
-class SqlStore:
+class SqlStore(StoreTimeouts):
     def __init__(self, table: Table) -> None:
         self.table = table
         self._select = select(table.c.record).where(table.c.key == bindparam("key"))
-        self.idle_timeout = 1800.0
-        self.absolute_timeout = 43200.0
-        self.clock: Callable[[], float] = time.time
-
-    def configure(
-        self,
-        *,
-        idle_timeout: float,
-        absolute_timeout: float,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.idle_timeout, self.absolute_timeout, self.clock = idle_timeout, absolute_timeout, clock
-
-    def _expires(self, record: SessionRecord) -> float:
-        return record.expires_at(self.idle_timeout, self.absolute_timeout)
+        super().__init__()
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         if uow.in_transaction:
@@ -88,7 +72,7 @@ class SqlStore:
                 version=record.version,
                 user_id=record.user_id,
                 record=record.to_json(),
-                expires_at=self._expires(record),
+                expires_at=self.expires_at(record),
             )
         )
 
@@ -113,7 +97,7 @@ class SqlStore:
                 .values(
                     version=updated.version,
                     record=updated.to_json(),
-                    expires_at=self._expires(updated),
+                    expires_at=self.expires_at(updated),
                 )
             )
             if result.rowcount == 1:  # type: ignore[attr-defined]
