@@ -17,9 +17,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-## Serve the shop on SQLite at http://127.0.0.1:8000 (schema upgraded first).
+## Serve the shop on SQLite at http://127.0.0.1:8000 (schema upgraded, demo data loaded).
+## Plain HTTP on this machine, so the session cookie cannot be Secure here.
 run: install
-	$(BIN)/shop serve
+	$(BIN)/shop seed --demo
+	SHOP_COOKIE_SECURE=$${SHOP_COOKIE_SECURE:-false} $(BIN)/shop serve
 
 ## Everything: lint, then every test group (PostgreSQL/Redis suites skip outside CI if absent).
 test: install lint
