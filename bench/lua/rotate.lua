@@ -6,8 +6,8 @@ done = common.done
 
 local sessions = {}
 for line in io.lines(os.getenv("BENCH_SESSIONS_FILE")) do
-  local cookie, csrf, account = line:match("([^\t]+)\t([^\t]+)\t([^\t]+)")
-  sessions[#sessions + 1] = {cookie = cookie, csrf = csrf, account = account}
+  local cookie, csrf, account, email = line:match("([^\t]+)\t([^\t]+)\t([^\t]+)\t([^\t]+)")
+  sessions[#sessions + 1] = {cookie = cookie, csrf = csrf, account = account, email = email}
 end
 local products = {}
 for id in string.gmatch(os.getenv("BENCH_PRODUCTS") or "", "[^,]+") do products[#products + 1] = id end
@@ -28,7 +28,9 @@ function request()
   end
   headers["Content-Type"] = "application/json"
   local product = products[(counter % math.max(#products, 1)) + 1] or "0"
+  local other = sessions[((counter + 1) % #sessions) + 1]
   local payload = body:gsub("{account}", s.account):gsub("{product}", product)
+  payload = payload:gsub("{other}", other.account):gsub("{email}", s.email)
   return wrk.format(method, nil, headers, payload)
 end
 
