@@ -198,7 +198,13 @@ def _wrk(url: str, load: Load, connections: int, duration: float) -> dict[str, A
         )
     else:
         script = LUA / ("post_json.lua" if load.method == "POST" else "get.lua")
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency"]
+    args = [
+        "wrk",
+        f"-t{min(2, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+    ]
     args += ["--timeout", "10s", "-s", str(script)]
     for name, value in load.headers.items():
         args += ["-H", f"{name}: {value}"]
