@@ -89,6 +89,26 @@ def query(url: str, statement: str) -> list[tuple[Any, ...]]:
     return asyncio.run(go())
 
 
+def snapshot(url: str, statements: list[str]) -> list[list[tuple[Any, ...]]]:
+    """Several queries over one consistent snapshot (REPEATABLE READ): requests still in flight
+    when the load stops commit meanwhile, and must not be counted by one query and not another."""
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def go() -> list[list[tuple[Any, ...]]]:
+        engine = create_async_engine(url, isolation_level="REPEATABLE READ")
+        try:
+            async with engine.connect() as connection:
+                return [
+                    [tuple(row) for row in await connection.execute(text(statement))]
+                    for statement in statements
+                ]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
 @dataclass
 class Databases:
     """Throw-away databases for this run, dropped at the end."""
@@ -362,24 +382,59 @@ def checkout_load(payment: str) -> Callable[[str, str, int], Load]:
     return make
 
 
+STOCK_SQL = (
+    "SELECT (SELECT SUM(stock) FROM products WHERE sku LIKE 'bench-%'), "
+    "COALESCE((SELECT SUM(i.quantity) FROM order_items i JOIN orders o "
+    "ON o.id = i.order_id WHERE o.status IN ('paid', 'pending')), 0)"
+)
+MONEY_SQL = (
+    "SELECT COALESCE(SUM(a.balance), 0), (SELECT COALESCE(SUM(total), 0) FROM orders "
+    "WHERE status = 'paid' AND payment_method = 'account'), (SELECT COALESCE(SUM(amount), 0) "
+    "FROM deposits WHERE status = 'succeeded'), (SELECT COUNT(*) FROM accounts "
+    "WHERE balance < 0) FROM accounts a"
+)
+CHARGES_SQL = (
+    "SELECT COUNT(*) FROM orders o WHERE o.status = 'paid' AND o.payment_method = 'card' "
+    "AND (SELECT COUNT(*) FROM payments p WHERE p.order_id = o.id "
+    "AND p.status = 'succeeded') <> 1"
+)
+PAID_SQL = "SELECT COUNT(*) FROM orders WHERE status = 'paid'"
+SESSIONS_SQL = "SELECT record FROM web_sessions"
+
+
+def money_problems(stock_row: tuple[Any, ...], money_row: tuple[Any, ...]) -> list[str]:
+    problems: list[str] = []
+    stock, sold = stock_row
+    initial = BENCH_PRODUCTS * BENCH_STOCK
+    if stock is not None and stock + sold != initial:
+        problems.append(f"stock {stock} + sold {sold} != {initial} (lost updates)")
+    balance, spent, deposited, negative = money_row
+    if balance + spent != deposited:
+        problems.append(f"balances {balance} + spent {spent} != deposited {deposited}")
+    if negative:
+        problems.append(f"{negative} negative balances")
+    return problems
+
+
+def money_invariants(database_url: str) -> list[str]:
+    """Stock and money add up: nothing sold that was not paid, nothing paid twice."""
+    stock, money = snapshot(database_url, [STOCK_SQL, MONEY_SQL])
+    return money_problems(stock[0], money[0])
+
+
 def shop_invariants(database_url: str) -> list[str]:
     """The money checks, plus one charge per paid card order and every order in its session."""
-    problems = money_invariants(database_url)
-    (charges,) = query(
-        database_url,
-        "SELECT COUNT(*) FROM orders o WHERE o.status = 'paid' AND o.payment_method = 'card' "
-        "AND (SELECT COUNT(*) FROM payments p WHERE p.order_id = o.id "
-        "AND p.status = 'succeeded') <> 1",
-    )[0]
-    if charges:
-        problems.append(f"{charges} paid card orders without exactly one charge")
-    paid = query(database_url, "SELECT COUNT(*) FROM orders WHERE status = 'paid'")[0][0]
-    in_sessions = sum(
-        len(json.loads(record)["data"].get("order_ids", []))
-        for (record,) in query(database_url, "SELECT record FROM web_sessions")
+    stock, money, charges, paid, sessions = snapshot(
+        database_url, [STOCK_SQL, MONEY_SQL, CHARGES_SQL, PAID_SQL, SESSIONS_SQL]
     )
-    if in_sessions != paid:
-        problems.append(f"{paid} paid orders but {in_sessions} order ids in web sessions")
+    problems = money_problems(stock[0], money[0])
+    if charges[0][0]:
+        problems.append(f"{charges[0][0]} paid card orders without exactly one charge")
+    in_sessions = sum(
+        len(json.loads(record)["data"].get("order_ids", [])) for (record,) in sessions
+    )
+    if in_sessions != paid[0][0]:
+        problems.append(f"{paid[0][0]} paid orders but {in_sessions} order ids in web sessions")
     return problems
 
 
@@ -387,31 +442,6 @@ def transfer_load(url: str, database_url: str, users: int) -> Load:
     customers = shop_customers(url, max(users, 2), money=True)
     body = '{"from_account_id": {account}, "to_account_id": {other}, "amount": 1}'
     return Load("POST", "/api/transfers", body=body, sessions=customers)
-
-
-def money_invariants(database_url: str) -> list[str]:
-    """Stock and money add up: nothing sold that was not paid, nothing paid twice."""
-    problems: list[str] = []
-    ((stock, sold),) = query(
-        database_url,
-        "SELECT (SELECT SUM(stock) FROM products WHERE sku LIKE 'bench-%'), "
-        "COALESCE((SELECT SUM(i.quantity) FROM order_items i JOIN orders o "
-        "ON o.id = i.order_id WHERE o.status IN ('paid', 'pending')), 0)",
-    )
-    initial = BENCH_PRODUCTS * BENCH_STOCK
-    if stock is not None and stock + sold != initial:
-        problems.append(f"stock {stock} + sold {sold} != {initial} (lost updates)")
-    ((balance, spent, deposited),) = query(
-        database_url,
-        "SELECT COALESCE(SUM(a.balance), 0), (SELECT COALESCE(SUM(total), 0) FROM orders "
-        "WHERE status = 'paid' AND payment_method = 'account'), (SELECT COALESCE(SUM(amount), 0) "
-        "FROM deposits WHERE status = 'succeeded') FROM accounts a",
-    )
-    if balance + spent != deposited:
-        problems.append(f"balances {balance} + spent {spent} != deposited {deposited}")
-    if query(database_url, "SELECT COUNT(*) FROM accounts WHERE balance < 0")[0][0]:
-        problems.append("a negative balance")
-    return problems
 
 
 def scenarios() -> list[Scenario]:

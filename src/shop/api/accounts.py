@@ -6,7 +6,7 @@ from fastapi_atomic import DB, UoW
 from shop.services import accounts, deposits
 
 from .deps import CurrentUser, Gateway, Idempotent
-from .schemas import AccountOut, DepositIn, DepositOut
+from .schemas import AccountOut, DepositIn, DepositOut, PathId
 
 router = APIRouter(prefix="/accounts", tags=["accounts"])
 
@@ -22,7 +22,7 @@ async def list_accounts(db: DB, user: CurrentUser) -> list[AccountOut]:
     responses={402: {}, 404: {}, 503: {}},
 )
 async def deposit(
-    account_id: int,
+    account_id: PathId,
     body: DepositIn,
     uow: UoW,
     user: CurrentUser,

@@ -7,7 +7,7 @@ from shop.services import orders
 from shop.services.orders import Line
 
 from .deps import CurrentUser, Gateway, Idempotent, SessionOrders
-from .schemas import AccountPayment, OrderIn, OrderOut
+from .schemas import AccountPayment, OrderIn, OrderOut, PathId
 
 router = APIRouter(prefix="/orders", tags=["orders"])
 
@@ -49,6 +49,6 @@ async def list_orders(uow: UoW, user: CurrentUser) -> list[OrderOut]:
 
 
 @router.get("/{order_id}", responses={404: {}})
-async def get_order(order_id: int, uow: UoW, user: CurrentUser) -> OrderOut:
+async def get_order(order_id: PathId, uow: UoW, user: CurrentUser) -> OrderOut:
     order = await orders.get_order(uow.db, user_id=user.id, order_id=order_id)
     return OrderOut.model_validate(order)

@@ -6,7 +6,7 @@ from fastapi_atomic import DB
 from shop.services import catalog
 
 from .deps import AdminUser
-from .schemas import ProductIn, ProductOut, ProductPatch
+from .schemas import PathId, ProductIn, ProductOut, ProductPatch
 
 router = APIRouter(prefix="/products", tags=["products"])
 
@@ -24,7 +24,7 @@ async def create_product(body: ProductIn, db: DB, _admin: AdminUser) -> ProductO
 
 @router.patch("/{product_id}", responses={403: {}, 404: {}})
 async def update_product(
-    product_id: int, body: ProductPatch, db: DB, _admin: AdminUser
+    product_id: PathId, body: ProductPatch, db: DB, _admin: AdminUser
 ) -> ProductOut:
     product = await catalog.update_product(db, product_id, price=body.price, stock=body.stock)
     return ProductOut.model_validate(product)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
+from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -39,6 +40,8 @@ class UserCreated(BaseModel):
 Cents = Annotated[int, Field(gt=0, le=100_000_000)]
 CardNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{12,19}$")]
 Id = Annotated[int, Field(gt=0, le=2**31 - 1)]
+#: an id in a URL path: the same bounds, so no number too big for the database reaches it
+PathId = Annotated[int, Path(gt=0, le=2**31 - 1)]
 
 
 class ProductIn(StrictModel):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Request, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from fastapi_atomic import DB
 from fastapi_atomic.websession import WebSessionDep
@@ -26,7 +27,7 @@ class TooManyAttempts(ShopError):
 
 class Login(StrictModel):
     email: Email
-    password: str
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class UserOut(BaseModel):

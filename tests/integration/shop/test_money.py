@@ -424,3 +424,15 @@ async def test_a_slow_order_overlapping_logout_does_not_revive_the_session(
     async with client_for(app) as replay:
         replay.cookies.set("shop_session", cookie, domain="shop.test")
         assert (await replay.get("/api/session")).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/api/orders/99999999999", "/api/orders/0", "/api/orders/-1", "/api/orders/1e3"],
+)
+async def test_ids_the_database_cannot_hold_are_422(new_shopper: NewShopper, path: str) -> None:
+    shopper: Shopper = await new_shopper()
+    assert (await shopper.get(path)).status_code == 422
+    deposit_path = path.replace("/api/orders/", "/api/accounts/") + "/deposits"
+    response = await shopper.post(deposit_path, {"amount": 1, "card_number": OK_CARD})
+    assert response.status_code == 422
