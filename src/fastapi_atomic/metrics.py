@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
@@ -14,6 +14,8 @@ class AtomicMetrics:
     commits: Counter
     rollbacks: Counter
     retries: Counter
+    #: labelled children, looked up once (``labels()`` locks and hashes on every call)
+    _children: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False, repr=False)
 
     _default: ClassVar[AtomicMetrics | None] = None
 
@@ -40,6 +42,19 @@ class AtomicMetrics:
                 registry=registry,
             ),
         )
+
+    def outcome(self, name: str) -> Any:
+        return self._child("outcome", name)
+
+    def rollback(self, reason: str) -> Any:
+        return self._child("reason", reason)
+
+    def _child(self, label: str, value: str) -> Any:
+        child = self._children.get((label, value))
+        if child is None:
+            counter = self.requests if label == "outcome" else self.rollbacks
+            child = self._children[(label, value)] = counter.labels(**{label: value})
+        return child
 
     @classmethod
     def default(cls) -> AtomicMetrics:

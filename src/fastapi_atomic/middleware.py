@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -95,7 +94,7 @@ class AtomicMiddleware:
             await _send_json(send, 413, f"Request body larger than {self.max_body_size} bytes.")
             return
 
-        request_id = uuid.uuid4().hex
+        request_id = ""  # made on first use, then kept by every attempt
         attempt = 1
         while True:
             uow = UnitOfWork(
@@ -115,10 +114,11 @@ class AtomicMiddleware:
             except Exception as exc:
                 await uow.rollback()
                 await uow.close()
+                request_id = uow.request_id_if_made
                 if responder.started:
                     raise
                 if isinstance(exc, ReplayResponse):
-                    self.metrics.requests.labels(outcome="replayed").inc()
+                    self.metrics.outcome("replayed").inc()
                     await exc.send(send)
                     return
                 reason = exc.reason if isinstance(exc, _Retry) else retry_reason(exc)
@@ -128,16 +128,16 @@ class AtomicMiddleware:
                         await asyncio.sleep(self.backoff.delay(attempt))
                         attempt += 1
                         continue
-                    self.metrics.requests.labels(outcome="retries_exhausted").inc()
+                    self.metrics.outcome("retries_exhausted").inc()
                     await _send_json(
                         send, 503, "The request kept conflicting with others; try again."
                     )
                     return
                 detail = _unavailable_detail(exc)
                 if detail is None:
-                    self.metrics.requests.labels(outcome="error").inc()
+                    self.metrics.outcome("error").inc()
                     raise
-                self.metrics.requests.labels(outcome="unavailable").inc()
+                self.metrics.outcome("unavailable").inc()
                 await _send_json(send, 503, detail)
                 return
             await uow.close()
@@ -205,12 +205,13 @@ class _Responder:
         self.uow.response = CapturedResponse(status, list(start.get("headers", [])), body)
         if status < self.rollback_status:
             await self._commit()
-            self.uow.apply_response_headers(MutableHeaders(scope=start))
-            self.metrics.requests.labels(outcome="committed").inc()
+            if self.uow.has_header_hooks:
+                self.uow.apply_response_headers(MutableHeaders(scope=start))
+            self.metrics.outcome("committed").inc()
         else:
             await self.uow.rollback()
-            self.metrics.rollbacks.labels(reason="error_status").inc()
-            self.metrics.requests.labels(outcome="rolled_back").inc()
+            self.metrics.rollback("error_status").inc()
+            self.metrics.outcome("rolled_back").inc()
         self.started = True
 
     async def _commit(self) -> None:
@@ -219,7 +220,7 @@ class _Responder:
         except Exception as exc:
             await self.uow.rollback()
             reason = retry_reason(exc)
-            self.metrics.rollbacks.labels(reason=reason or "commit_failed").inc()
+            self.metrics.rollback(reason or "commit_failed").inc()
             # A connection lost during COMMIT leaves the outcome unknown: never re-run that.
             if reason not in (None, CONNECTION_LOST) and self.uow.can_retry:
                 raise _Retry(str(reason)) from exc

@@ -174,5 +174,18 @@ class WebSessionStoreContract:
         assert [key for key, _ in listed] == [keys[0]]
         assert await self.run(engine, lambda uow: store.load(other, uow)) is not None
 
+    async def test_a_read_never_outlives_a_committed_write(
+        self, store: WebSessionStore, engine: AsyncEngine
+    ) -> None:
+        # Stores that cache reads must evict on commit: the next read sees the write at once.
+        key = new_key()
+        await self.run(engine, lambda uow: store.create(key, make_record("1", a=1), uow))
+        assert await self.run(engine, lambda uow: store.load(key, uow)) is not None
+        await self.run(engine, lambda uow: store.update(key, Changes([("set", "a", 2)]), uow))
+        loaded = await self.run(engine, lambda uow: store.load(key, uow))
+        assert loaded is not None and loaded.data == {"a": 2}
+        await self.run(engine, lambda uow: store.delete_for_user("1", uow, keep=None))
+        assert await self.run(engine, lambda uow: store.load(key, uow)) is None
+
     async def test_ping(self, store: WebSessionStore) -> None:
         await store.ping()

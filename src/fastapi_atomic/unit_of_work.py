@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -57,8 +58,7 @@ class UnitOfWork:
         request_id: str = "",
     ) -> None:
         self.engine = engine
-        #: the same for every attempt of one request (a lock owner that survives a retry)
-        self.request_id = request_id
+        self._request_id = request_id
         #: hold the response start until the body is known (set by an idempotency record)
         self.capture_response = False
         #: the response as the handler produced it, once known
@@ -73,11 +73,23 @@ class UnitOfWork:
         self._before_commit: list[Hook] = []
         self._on_rollback: list[Hook] = []
         self._header_hooks: list[HeaderHook] = []
+        self._right_after_commit: list[Callable[[], None]] = []
         self._after_commit: list[list[Hook]] = [[]]
         self._phases_committed = 0
         self._external_effects = False
         self.committed = False
         self.rolled_back = False
+
+    @property
+    def request_id(self) -> str:
+        """The same for every attempt of one request (a lock owner that survives a retry)."""
+        if not self._request_id:
+            self._request_id = uuid.uuid4().hex
+        return self._request_id
+
+    @property
+    def request_id_if_made(self) -> str:
+        return self._request_id
 
     # --- the AsyncSession -------------------------------------------------------------
 
@@ -165,6 +177,14 @@ class UnitOfWork:
         """Run ``hook`` when the transaction ends without a commit (to undo outside writes)."""
         self._on_rollback.append(hook)
 
+    def right_after_commit(self, hook: Callable[[], None]) -> None:
+        """Run the synchronous ``hook`` the moment COMMIT returns, before the response starts.
+
+        For evicting process-local caches of what the transaction changed, so the client's
+        next request cannot read the old state. No I/O: a failure is logged, never raised.
+        """
+        self._right_after_commit.append(hook)
+
     def on_response_headers(self, hook: HeaderHook) -> None:
         """Let ``hook`` add headers to a response whose transaction committed."""
         self._header_hooks.append(hook)
@@ -250,6 +270,15 @@ class UnitOfWork:
         if self._db is not None and self._db.in_transaction():
             await self._db.commit()
         self.committed = True
+        for evict in self._right_after_commit:
+            try:
+                evict()
+            except Exception:
+                logger.exception("right-after-commit hook %r failed", evict)
+
+    @property
+    def has_header_hooks(self) -> bool:
+        return bool(self._header_hooks)
 
     def apply_response_headers(self, headers: MutableHeaders) -> None:
         for hook in self._header_hooks:

@@ -20,7 +20,7 @@ from fastapi_atomic.websession import (
     WebSessionStore,
 )
 
-from .api import api_router
+from .api import include_api
 from .api.health import router as health_router
 from .db.models import idempotency_keys, web_sessions
 from .errors import ShopError
@@ -50,10 +50,14 @@ def build_engine(settings: Settings) -> AsyncEngine:
 
 def build_session_store(settings: Settings) -> WebSessionStore:
     if settings.session_store == "redis":
-        return RedisStore.from_url(settings.redis_url, prefix=f"{settings.redis_prefix}websession:")
+        return RedisStore.from_url(
+            settings.redis_url,
+            prefix=f"{settings.redis_prefix}websession:",
+            cache=settings.session_cache,
+        )
     if settings.session_store == "memory":
         return MemoryStore()
-    return SqlStore(web_sessions)
+    return SqlStore(web_sessions, cache=settings.session_cache)
 
 
 def build_session_manager(settings: Settings, store: WebSessionStore) -> WebSessionManager:
@@ -86,11 +90,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     email=settings.admin_email.lower(),
                     password=settings.admin_password.get_secret_value(),
                 )
+        await store.start(engine)
         try:
             yield
         finally:
-            if isinstance(store, RedisStore):
-                await store.aclose()
+            await store.aclose()
             if isinstance(gateway, HttpGateway):
                 await gateway.aclose()
             await engine.dispose()
@@ -121,8 +125,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         participants=[sessions],
         max_body_size=settings.max_body_size,
     )
+    include_api(app)
     app.include_router(health_router)
-    app.include_router(api_router())
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]

@@ -79,8 +79,7 @@ class WebSessionMachine(RuleBasedStateMachine):
         async def run() -> Any:
             uow = UnitOfWork(self.engine)
             headers = [(b"cookie", f"session={browser.cookie}".encode())] if browser.cookie else []
-            self.manager.start({"type": "http", "headers": headers}, uow)
-            websession = uow.extensions["fastapi_atomic.websession"]
+            websession = self.manager.open({"type": "http", "headers": headers}, uow)
             await websession.load()
             result = action(websession)
             if hasattr(result, "__await__"):

@@ -1,6 +1,6 @@
 """Server-side web sessions that commit with the request's data.
 
-store = SqlStore(web_sessions_table(metadata))       # or RedisStore, MemoryStore
+store = SqlStore(web_sessions_table(metadata), cache=True)   # or RedisStore, MemoryStore
 manager = WebSessionManager(store, keys=["current-key", "retiring-key"])
 app.add_middleware(AtomicMiddleware, engine=engine, participants=[manager])
 
@@ -10,6 +10,7 @@ async def login(websession: WebSessionDep) -> dict[str, str]:
     return {"csrf_token": websession.csrf_token}
 """
 
+from .cache import RecordCache, postgres_notify_trigger
 from .csrf import require_csrf_token
 from .dependencies import WebSessionDep, get_websession
 from .manager import WebSessionManager
@@ -25,6 +26,7 @@ __all__ = [
     "Changes",
     "KeyRing",
     "MemoryStore",
+    "RecordCache",
     "RedisStore",
     "SessionInfo",
     "SessionRecord",
@@ -34,6 +36,7 @@ __all__ = [
     "WebSessionManager",
     "WebSessionStore",
     "get_websession",
+    "postgres_notify_trigger",
     "require_csrf_token",
     "web_sessions_table",
 ]

@@ -8,19 +8,21 @@ from fastapi import Depends, Request
 
 from ..dependencies import get_unit_of_work
 from ..exceptions import ConfigurationError
+from .manager import EXTENSION, WebSessionManager
 from .session import WebSession
-
-EXTENSION = "fastapi_atomic.websession"
 
 
 async def get_websession(request: Request) -> WebSession:
     """The request's WebSession, loaded (one store read, only for routes that ask for it)."""
-    websession = get_unit_of_work(request).extensions.get(EXTENSION)
+    uow = get_unit_of_work(request)
+    websession = uow.extensions.get(EXTENSION)
     if not isinstance(websession, WebSession):
-        raise ConfigurationError(
-            "No web session in this request: pass a WebSessionManager to AtomicMiddleware "
-            "(participants=[manager])."
-        )
+        if not isinstance(websession, WebSessionManager):
+            raise ConfigurationError(
+                "No web session in this request: pass a WebSessionManager to AtomicMiddleware "
+                "(participants=[manager])."
+            )
+        websession = websession.open(request.scope, uow)
     await websession.load()
     return websession
 

@@ -11,11 +11,13 @@ from starlette.types import Scope
 
 from ..exceptions import ConfigurationError
 from ..unit_of_work import UnitOfWork
-from .dependencies import EXTENSION
 from .record import SessionRecord
 from .session import WebSession
 from .signing import KeyRing
 from .stores.base import WebSessionStore
+
+#: where the request's WebSession (or, until a route asks for it, its manager) is kept
+EXTENSION = "fastapi_atomic.websession"
 
 
 class WebSessionManager:
@@ -53,6 +55,14 @@ class WebSessionManager:
         store.configure(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout, clock=clock)
 
     def start(self, scope: Scope, uow: UnitOfWork) -> None:
+        # Nothing is parsed until a route asks for the session: /healthz pays nothing.
+        uow.extensions[EXTENSION] = self
+
+    def open(self, scope: Scope, uow: UnitOfWork) -> WebSession:
+        """The request's WebSession, made on first use (not loaded yet)."""
+        found = uow.extensions.get(EXTENSION)
+        if isinstance(found, WebSession):
+            return found
         cookie: str | None = None
         user_agent = ""
         for name, value in scope.get("headers", []):
@@ -64,6 +74,7 @@ class WebSessionManager:
         uow.extensions[EXTENSION] = websession
         uow.before_commit(websession.save)
         uow.on_response_headers(websession.apply_headers)
+        return websession
 
     def expires_at(self, record: SessionRecord) -> float:
         return record.expires_at(self.idle_timeout, self.absolute_timeout)

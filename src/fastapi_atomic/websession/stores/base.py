@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from ...unit_of_work import UnitOfWork
 from ..record import Changes, SessionRecord
 
@@ -34,6 +36,12 @@ class StoreTimeouts:
 
     def expires_at(self, record: SessionRecord) -> float:
         return record.expires_at(self.idle_timeout, self.absolute_timeout)
+
+    async def start(self, engine: AsyncEngine) -> None:
+        """Start what runs in the background (a cache's invalidation feed); app start-up."""
+
+    async def aclose(self) -> None:
+        """Stop it and let go of connections; app shut-down."""
 
 
 class WebSessionStore(Protocol):
@@ -82,3 +90,9 @@ class WebSessionStore(Protocol):
     ) -> None:
         """Told by the manager, so a store can expire records on its own (TTLs, purge)."""
         ...
+
+    async def start(self, engine: AsyncEngine) -> None:
+        """App start-up, with the app's engine (where the SQL store's feed LISTENs)."""
+        ...
+
+    async def aclose(self) -> None: ...

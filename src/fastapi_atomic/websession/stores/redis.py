@@ -12,16 +12,19 @@ from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...exceptions import ServiceUnavailable
 from ...unit_of_work import UnitOfWork
+from ..cache import RecordCache, RedisFeed
 from ..record import Changes, SessionRecord, apply_changes
 from .base import StoreTimeouts
 
 T = TypeVar("T")
 _CAS_ATTEMPTS = 20
 
-# KEYS[1] the record; ARGV: expected version ("" = must not exist), new JSON, TTL ms
+# KEYS[1] the record; ARGV: expected version ("" = must not exist), new JSON, TTL ms,
+# the channel to PUBLISH the change on ("" = none) and the key as published
 _CAS = """
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
@@ -35,21 +38,42 @@ if ARGV[2] == '' then
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 """
 
 
 class RedisStore(StoreTimeouts):
-    def __init__(self, redis: Redis, *, prefix: str = "websession:") -> None:
+    """``cache=True`` answers reads from memory, every write PUBLISHing its key to evict it
+    in every process (see :mod:`..cache`)."""
+
+    def __init__(
+        self, redis: Redis, *, prefix: str = "websession:", cache: bool | RecordCache = False
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.channel = f"{prefix}changed"
+        self.cache = (
+            RecordCache() if cache is True else (cache if isinstance(cache, RecordCache) else None)
+        )
+        self._feed = RedisFeed(self.cache, redis, self.channel) if self.cache is not None else None
         super().__init__()
         self._cas = redis.register_script(_CAS)
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "websession:") -> RedisStore:
+    def from_url(
+        cls, url: str, *, prefix: str = "websession:", cache: bool | RecordCache = False
+    ) -> RedisStore:
         client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        return cls(client, prefix=prefix)
+        return cls(client, prefix=prefix, cache=cache)
+
+    async def start(self, engine: AsyncEngine | None = None) -> None:
+        if self._feed is not None:
+            await self._feed.start()
+
+    def _evict(self, uow: UnitOfWork, key: str) -> None:
+        if self.cache is not None:
+            self.cache.evict_on_commit(uow, key)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}s:{key}"
@@ -71,19 +95,27 @@ class RedisStore(StoreTimeouts):
         raw = await self._call(lambda: self.redis.get(self._key(key)))
         return SessionRecord.from_json(raw) if raw is not None else None
 
+    async def _read(self, key: str) -> str | bytes | None:
+        raw: str | bytes | None = await self._call(lambda: self.redis.get(self._key(key)))
+        return raw
+
     async def _swap(
         self, key: str, expected: SessionRecord | None, new: SessionRecord | None
     ) -> int:
         version = "" if expected is None else str(expected.version)
         payload = "" if new is None else new.to_json()
         ttl = self._ttl_ms(new) if new is not None else 0
+        channel = self.channel if self.cache is not None else ""
         result: Any = await self._call(
-            lambda: self._cas(keys=[self._key(key)], args=[version, payload, ttl])
+            lambda: self._cas(keys=[self._key(key)], args=[version, payload, ttl, channel, key])
         )
         return int(result)
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
-        return await self._get(key)
+        if self.cache is None:
+            return await self._get(key)
+        raw = await self.cache.read_through(key, lambda: self._read(key))
+        return SessionRecord.from_json(raw) if raw is not None else None
 
     async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
         if await self._swap(key, None, record) != 1:
@@ -110,6 +142,7 @@ class RedisStore(StoreTimeouts):
             if outcome == -1:
                 return None
             if outcome == 1:
+                self._evict(uow, key)
                 uow.on_rollback(self._undoer(key, updated, current))
                 return updated
             current = None  # changed since it was read: read it again
@@ -127,11 +160,19 @@ class RedisStore(StoreTimeouts):
         old = await self._get(key)
         if old is None:
             return
-        await self._call(lambda: self.redis.delete(self._key(key)))
+        await self._call(lambda: self._delete(key))
+        self._evict(uow, key)
         if old.user_id is not None:
             user_id = old.user_id
             await self._call(lambda: self.redis.srem(self._user_key(user_id), key))
         uow.on_rollback(lambda: self._restore(key, old))
+
+    async def _delete(self, key: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._key(key))
+            if self.cache is not None:
+                pipe.publish(self.channel, key)
+            await pipe.execute()
 
     async def _restore(self, key: str, old: SessionRecord) -> None:
         if await self._swap(key, None, old) == 1 and old.user_id is not None:
@@ -178,4 +219,6 @@ class RedisStore(StoreTimeouts):
         await self._call(lambda: self.redis.ping())
 
     async def aclose(self) -> None:
+        if self._feed is not None:
+            await self._feed.aclose()
         await self.redis.aclose()

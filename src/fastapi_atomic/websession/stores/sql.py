@@ -8,6 +8,8 @@ migrations create the table.
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import (
     Column,
     Float,
@@ -22,11 +24,17 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    text as sql_text,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from ...unit_of_work import UnitOfWork
+from ..cache import PostgresFeed, RecordCache, notify_channel, trigger_name
 from ..record import Changes, SessionRecord, apply_changes
 from .base import StoreTimeouts
+
+logger = logging.getLogger("fastapi_atomic.websession")
 
 _CAS_ATTEMPTS = 20
 
@@ -44,22 +52,66 @@ def web_sessions_table(metadata: MetaData, name: str = "web_sessions") -> Table:
 
 
 class SqlStore(StoreTimeouts):
-    def __init__(self, table: Table) -> None:
+    """``cache=True`` answers reads from memory on PostgreSQL (see :mod:`..cache`).
+
+    The cache needs the trigger of :func:`..cache.postgres_notify_trigger` (create it in a
+    migration); without it, or on SQLite, every read goes to the database.
+    """
+
+    def __init__(self, table: Table, *, cache: bool | RecordCache = False) -> None:
         self.table = table
         self._select = select(table.c.record).where(table.c.key == bindparam("key"))
+        self.cache = (
+            RecordCache() if cache is True else (cache if isinstance(cache, RecordCache) else None)
+        )
+        self._feed: PostgresFeed | None = None
         super().__init__()
+
+    async def start(self, engine: AsyncEngine) -> None:
+        if self.cache is None or self._feed is not None:
+            return
+        if engine.dialect.name != "postgresql":
+            logger.info("web-session cache off: it needs PostgreSQL's LISTEN/NOTIFY")
+            return
+        async with engine.connect() as connection:
+            found = await connection.scalar(
+                sql_text("SELECT count(*) FROM pg_trigger WHERE tgname = :name"),
+                {"name": trigger_name(self.table)},
+            )
+        if not found:
+            logger.warning(
+                "web-session cache off: trigger %s is missing (see postgres_notify_trigger)",
+                trigger_name(self.table),
+            )
+            return
+        self._feed = PostgresFeed(self.cache, engine, notify_channel(self.table))
+        await self._feed.start()
+
+    async def aclose(self) -> None:
+        if self._feed is not None:
+            await self._feed.aclose()
+            self._feed = None
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         if uow.in_transaction:
             return await self._load(uow.db, key)
+
         # Read in autocommit, outside the request's transaction: one round trip instead of
         # BEGIN, SELECT, COMMIT, and no transaction held for a request that only reads the
         # session. On SQLite it also keeps the single write lock free for a separate
         # transaction the request may need first (an idempotency key's claim). Saving is a
         # compare-and-set on the version, so reading aside cannot lose a concurrent write.
-        async with uow.autocommit_engine.connect() as connection:
-            text = await connection.scalar(self._select, {"key": key})
-        return SessionRecord.from_json(text) if text is not None else None
+        async def read() -> str | None:
+            async with uow.autocommit_engine.connect() as connection:
+                found: str | None = await connection.scalar(self._select, {"key": key})
+                return found
+
+        found = await (self.cache.read_through(key, read) if self.cache is not None else read())
+        return SessionRecord.from_json(found) if found is not None else None
+
+    def _evict(self, uow: UnitOfWork, key: str) -> None:
+        if self.cache is not None:
+            self.cache.evict_on_commit(uow, key)
 
     async def _load(self, db: AsyncSession, key: str) -> SessionRecord | None:
         text = await db.scalar(self._select, {"key": key})
@@ -101,12 +153,14 @@ class SqlStore(StoreTimeouts):
                 )
             )
             if result.rowcount == 1:  # type: ignore[attr-defined]
+                self._evict(uow, key)
                 return updated
             current = None  # changed (or gone) since it was read: read it again
         raise RuntimeError(f"web session kept changing under {_CAS_ATTEMPTS} attempts to save it")
 
     async def delete(self, key: str, uow: UnitOfWork) -> None:
         await uow.db.execute(delete(self.table).where(self.table.c.key == key))
+        self._evict(uow, key)
 
     async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
         rows = await uow.db.execute(
@@ -118,8 +172,12 @@ class SqlStore(StoreTimeouts):
         condition = self.table.c.user_id == user_id
         if keep is not None:
             condition &= self.table.c.key != keep
-        result = await uow.db.execute(delete(self.table).where(condition))
-        return int(result.rowcount or 0)  # type: ignore[attr-defined]
+        statement = delete(self.table).where(condition).returning(self.table.c.key)
+        result = await uow.db.execute(statement)
+        keys = result.scalars().all()
+        for key in keys:
+            self._evict(uow, key)
+        return len(keys)
 
     async def ping(self) -> None:
         return None  # the database's own readiness check covers it

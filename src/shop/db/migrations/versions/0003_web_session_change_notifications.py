@@ -1,0 +1,32 @@
+"""web session change notifications (PostgreSQL): the feed of the session read cache
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-25 11:40:00
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from fastapi_atomic.websession import postgres_notify_trigger
+from shop.db.models import web_sessions
+
+revision: str = "0003"
+down_revision: str | None = "0002"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return  # SQLite has no LISTEN/NOTIFY: its web sessions are read from the file
+    for statement in postgres_notify_trigger(web_sessions):
+        op.execute(statement)
+
+
+def downgrade() -> None:
+    if op.get_bind().dialect.name != "postgresql":
+        return
+    op.execute("DROP TRIGGER IF EXISTS web_sessions_notify_change ON web_sessions")
+    op.execute("DROP FUNCTION IF EXISTS web_sessions_notify_change()")

@@ -1,0 +1,225 @@
+"""The web-session read cache on real PostgreSQL (LISTEN/NOTIFY) and Redis (pub/sub).
+
+Two stores with their own caches and feeds stand for two server processes: what one commits,
+the other must stop serving from memory, and a feed that drops must empty its cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from redis.asyncio import Redis
+from sqlalchemy import MetaData, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fastapi_atomic import create_engine
+from fastapi_atomic.testing import (
+    WebSessionStoreContract,
+    make_record,
+    new_key,
+    unit_of_work,
+)
+from fastapi_atomic.websession import RedisStore, SqlStore, web_sessions_table
+from fastapi_atomic.websession.record import Changes, SessionRecord
+from fastapi_atomic.websession.stores.base import WebSessionStore
+from shop.db.models import web_sessions
+
+
+@pytest.fixture
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(postgres_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+async def sql_stores(postgres_engine: AsyncEngine) -> AsyncIterator[list[SqlStore]]:
+    stores = [SqlStore(web_sessions, cache=True) for _ in range(2)]
+    for store in stores:
+        await store.start(postgres_engine)
+    yield stores
+    for store in stores:
+        await store.aclose()
+
+
+@pytest.fixture
+async def redis_stores(redis_url: str, redis_prefix: str) -> AsyncIterator[list[RedisStore]]:
+    stores = [RedisStore(Redis.from_url(redis_url), prefix=redis_prefix, cache=True) for _ in "ab"]
+    for store in stores:
+        await store.start()
+    yield stores
+    keys = [key async for key in stores[0].redis.scan_iter(f"{redis_prefix}*")]
+    if keys:
+        await stores[0].redis.delete(*keys)
+    for store in stores:
+        await store.aclose()
+
+
+class TestCachedSqlStoreOnPostgres(WebSessionStoreContract):
+    @pytest.fixture
+    def store(self, sql_stores: list[SqlStore]) -> SqlStore:
+        return sql_stores[0]
+
+    @pytest.fixture
+    def engine(self, postgres_engine: AsyncEngine) -> AsyncEngine:
+        return postgres_engine
+
+
+class TestCachedRedisStore(WebSessionStoreContract):
+    @pytest.fixture
+    def store(self, redis_stores: list[RedisStore]) -> RedisStore:
+        return redis_stores[0]
+
+    @pytest.fixture
+    async def engine(self, sqlite_url: str) -> AsyncIterator[AsyncEngine]:
+        engine = create_engine(sqlite_url)
+        yield engine
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sql on postgres", "redis"])
+def two_processes(
+    request: pytest.FixtureRequest, postgres_engine: AsyncEngine
+) -> tuple[list[WebSessionStore], AsyncEngine]:
+    name = "sql_stores" if request.param == "sql on postgres" else "redis_stores"
+    stores: list[WebSessionStore] = request.getfixturevalue(name)
+    return stores, postgres_engine
+
+
+async def load(store: WebSessionStore, engine: AsyncEngine, key: str) -> SessionRecord | None:
+    async with unit_of_work(engine) as uow:
+        return await store.load(key, uow)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> float:
+    """Seconds until ``check`` held; fails after ``within`` (a correctness bound, not speed)."""
+    started = time.monotonic()
+    while not await check():
+        assert time.monotonic() - started < within, "the other process kept the stale record"
+        await asyncio.sleep(0.002)
+    return time.monotonic() - started
+
+
+async def test_both_caches_are_live(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    stores, _ = two_processes
+    assert all(store.cache is not None and store.cache.live for store in stores)  # type: ignore[attr-defined]
+
+
+async def test_a_write_in_one_process_evicts_the_record_in_the_other(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    (writer, reader), engine = two_processes
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await writer.create(key, make_record("5", step=1), uow)
+    first = await load(reader, engine, key)
+    assert first is not None and first.data == {"step": 1}
+    assert await load(reader, engine, key) == first  # served from memory now
+    assert reader.cache.hits >= 1  # type: ignore[attr-defined]
+
+    async with unit_of_work(engine) as uow:
+        await writer.update(key, Changes([("set", "step", 2)]), uow)
+
+    async def sees_step_2() -> bool:
+        record = await load(reader, engine, key)
+        return record is not None and record.data == {"step": 2}
+
+    await eventually(sees_step_2)
+
+
+async def test_a_logout_in_one_process_ends_the_session_in_the_other(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    (writer, reader), engine = two_processes
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await writer.create(key, make_record("6"), uow)
+    assert await load(reader, engine, key) is not None
+    assert await load(reader, engine, key) is not None
+
+    async with unit_of_work(engine) as uow:
+        await writer.delete(key, uow)
+
+    async def gone() -> bool:
+        return await load(reader, engine, key) is None
+
+    await eventually(gone)
+
+
+async def test_a_rolled_back_write_is_never_served(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    (writer, reader), engine = two_processes
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await writer.create(key, make_record("7", a=1), uow)
+    assert await load(reader, engine, key) is not None
+    async with unit_of_work(engine, commit=False) as uow:
+        await writer.update(key, Changes([("set", "a", 2)]), uow)
+    await asyncio.sleep(0.05)  # whatever message there was has arrived
+    for store in (writer, reader):
+        record = await load(store, engine, key)
+        assert record is not None and record.data == {"a": 1}
+
+
+async def test_a_dropped_feed_empties_the_cache_until_it_is_back(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+    redis_url: str,
+) -> None:
+    (store, _), engine = two_processes
+    cache = store.cache  # type: ignore[attr-defined]
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await store.create(key, make_record("8"), uow)
+    await load(store, engine, key)
+    assert len(cache) == 1
+
+    if isinstance(store, SqlStore):
+        async with engine.connect() as connection:
+            killed = await connection.scalar(
+                text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+                )
+            )
+        assert killed >= 1
+    else:
+        admin = Redis.from_url(redis_url)
+        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await admin.aclose()
+
+    async def dark() -> bool:
+        return not cache.live
+
+    await eventually(dark)
+    assert len(cache) == 0
+    assert await load(store, engine, key) is not None  # read from the store meanwhile
+
+    async def back() -> bool:
+        return bool(cache.live)
+
+    await eventually(back, within=10.0)
+
+
+async def test_without_the_trigger_the_sql_cache_stays_off(postgres_engine: AsyncEngine) -> None:
+    table = web_sessions_table(MetaData(), name="web_sessions_without_trigger")
+    async with postgres_engine.begin() as connection:
+        await connection.run_sync(table.create)
+    store = SqlStore(table, cache=True)
+    await store.start(postgres_engine)
+    try:
+        assert store.cache is not None and not store.cache.live
+        key = new_key()
+        async with unit_of_work(postgres_engine) as uow:
+            await store.create(key, make_record(), uow)
+        await load(store, postgres_engine, key)
+        assert len(store.cache) == 0
+    finally:
+        await store.aclose()
+        async with postgres_engine.begin() as connection:
+            await connection.run_sync(table.drop)
