@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -691,6 +691,64 @@ def prepare_popular(database_url: str, workdir: Path, users: int) -> None:
             shop.stop()
 
 
+# --- revocation window -----------------------------------------------------------------------
+
+
+def revocation_window(
+    databases: Databases, workdir: Path, store: str, trials: int
+) -> dict[str, Any]:
+    """Log out through one process, then poll another that had the session cached.
+
+    Two shop servers share the database (and Redis). Each trial logs in on A, reads the
+    session on B twice (the second read is served from B's cache), logs out on A and, from the
+    moment A's response arrives, asks B until B answers 401. The window is how long B still
+    accepted the dead session: the delay of the NOTIFY or PUBLISH that evicts it.
+    """
+    database_url = databases.postgres()
+    env = shop_env(database_url, store, {})
+    servers = [Server("shop.app:create_app", env, True, workdir) for _ in "AB"]
+    windows: list[float] = []
+    stale_reads = 0
+    try:
+        for server in servers:
+            server.wait("/healthz")
+        a, b = (httpx.Client(base_url=server.url, timeout=10) for server in servers)
+        credentials = {
+            "email": f"revoke-{uuid.uuid4().hex[:6]}@example.com",
+            "password": "pw-12345678",
+        }
+        a.post("/api/users", json={"name": "Revoke", **credentials}).raise_for_status()
+        for _ in range(trials):
+            login = a.post("/api/session", json=credentials)
+            login.raise_for_status()
+            cookie = {"Cookie": f"shop_session={a.cookies['shop_session']}"}
+            for _ in range(2):
+                b.get("/api/session", headers=cookie).raise_for_status()
+            a.delete(
+                "/api/session", headers={**cookie, "X-CSRF-Token": login.json()["csrf_token"]}
+            ).raise_for_status()
+            a.cookies.clear()
+            logged_out = time.perf_counter()
+            while b.get("/api/session", headers=cookie).status_code == 200:
+                stale_reads += 1
+                if time.perf_counter() - logged_out > 10:
+                    raise RuntimeError("the other process kept a revoked session for 10 s")
+            windows.append((time.perf_counter() - logged_out) * 1000)
+        a.close()
+        b.close()
+    finally:
+        for server in servers:
+            server.stop()
+    windows.sort()
+    return {
+        "store": store,
+        "trials": trials,
+        "stale_reads": stale_reads,
+        "p50_ms": windows[len(windows) // 2],
+        "max_ms": windows[-1],
+    }
+
+
 def available(needs: tuple[str, ...]) -> str | None:
     for need in needs:
         if need == "postgres" and not reachable("127.0.0.1", 5432):
@@ -713,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     duration = 1.0 if args.quick else args.duration
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
+    windows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         workdir = Path(tmp)
         databases = Databases(workdir)
@@ -741,13 +800,34 @@ def main(argv: list[str] | None = None) -> int:
                         f" violations {len(result['violations'])}",
                         flush=True,
                     )
+            if not args.only or "revocation" in args.only:
+                for store, needs in (("sql", ("postgres",)), ("redis", ("postgres", "redis"))):
+                    if available(needs) is None:
+                        window = revocation_window(
+                            databases, workdir, store, trials=5 if args.quick else 50
+                        )
+                        windows.append(window)
+                        print(f"done  revocation window, {store} store: {window}", flush=True)
         finally:
             databases.drop()
-    write_report(rows, args.out, quick=args.quick, argv=sys.argv[1:] if argv is None else argv)
+    write_report(
+        rows,
+        args.out,
+        quick=args.quick,
+        argv=sys.argv[1:] if argv is None else argv,
+        windows=windows,
+    )
     return 0
 
 
-def write_report(rows: list[dict[str, Any]], out: Path, *, quick: bool, argv: list[str]) -> None:
+def write_report(
+    rows: list[dict[str, Any]],
+    out: Path,
+    *,
+    quick: bool,
+    argv: list[str],
+    windows: Sequence[dict[str, Any]] = (),
+) -> None:
     floors = {
         r["connections"]: r["rps"] for r in rows if r["scenario"].startswith("floor") and "rps" in r
     }
@@ -784,9 +864,23 @@ def write_report(rows: list[dict[str, Any]], out: Path, *, quick: bool, argv: li
         )
     tools = {row.get("tool") for row in rows if "tool" in row}
     lines += ["", f"Load generator: {', '.join(sorted(t for t in tools if t))}."]
+    if windows:
+        lines += [
+            "",
+            "Revocation window with the session cache on: a logout answered by one shop process,"
+            " then another process that had the session cached is asked until it answers 401.",
+            "",
+            "| store | trials | stale answers | p50 ms | max ms |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [
+            f"| {w['store']} | {w['trials']} | {w['stale_reads']} | {w['p50_ms']:.1f} | {w['max_ms']:.1f} |"
+            for w in windows
+        ]
     (out / "latest.md").write_text("\n".join(lines) + "\n")
     clean = [{k: v for k, v in row.items() if not k.startswith("_")} for row in rows]
-    (out / "latest.json").write_text(json.dumps(clean, indent=2) + "\n")
+    report = {"scenarios": clean, "revocation_windows": list(windows)}
+    (out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     chart(clean, out / "latest.png")
 
 

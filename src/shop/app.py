@@ -23,7 +23,7 @@ from fastapi_atomic.websession import (
 from .api import include_api
 from .api.health import router as health_router
 from .db.models import idempotency_keys, web_sessions
-from .errors import ShopError
+from .errors import Conflict, ShopError
 from .payments import HttpGateway, build_gateway
 from .services.accounts import ensure_admin
 from .services.throttle import LoginThrottle
@@ -84,12 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.admin_email and settings.admin_password:
-            async with AsyncSession(engine, expire_on_commit=False) as db, db.begin():
-                await ensure_admin(
-                    db,
-                    email=settings.admin_email.lower(),
-                    password=settings.admin_password.get_secret_value(),
-                )
+            await _ensure_admin(engine, settings)
         await store.start(engine)
         try:
             yield
@@ -131,6 +126,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", static_files(), name="static")
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]
     return app
+
+
+async def _ensure_admin(engine: AsyncEngine, settings: Settings) -> None:
+    assert settings.admin_email and settings.admin_password
+    for attempt in (1, 2):
+        try:
+            async with AsyncSession(engine, expire_on_commit=False) as db, db.begin():
+                await ensure_admin(
+                    db,
+                    email=settings.admin_email.lower(),
+                    password=settings.admin_password.get_secret_value(),
+                )
+            return
+        except Conflict:
+            # Another worker created the admin at the same moment: look again, now it exists.
+            if attempt == 2:
+                raise
 
 
 async def _ping_database(engine: AsyncEngine) -> None:

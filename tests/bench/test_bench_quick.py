@@ -18,7 +18,8 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
         timeout=600,
         capture_output=True,
     )
-    rows = json.loads((tmp_path / "latest.json").read_text())
+    results = json.loads((tmp_path / "latest.json").read_text())
+    rows = results["scenarios"]
     report = (tmp_path / "latest.md").read_text()
     assert (tmp_path / "latest.png").stat().st_size > 0
     measured = [row for row in rows if "rps" in row]
@@ -31,3 +32,6 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
             assert row["violations"] == [], row  # the shop never loses money or stock
             if "sign-up" not in row["scenario"]:
                 assert row["non_2xx"] == 0, row
+    # A process that kept serving a revoked session for 10 s would have failed the run.
+    for window in results["revocation_windows"]:
+        assert window["trials"] == 5 and window["p50_ms"] <= window["max_ms"], window

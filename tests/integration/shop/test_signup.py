@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import httpx
 import pytest
+from shop_testing import make_settings, running
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -132,3 +134,10 @@ async def test_metrics_count_commits_and_rollbacks(client: httpx.AsyncClient) ->
     text = (await client.get("/metrics")).text
     assert 'atomic_requests_total{outcome="committed"}' in text
     assert 'atomic_rollbacks_total{reason="error_status"}' in text
+
+
+async def test_workers_starting_together_all_come_up(postgres_url: str) -> None:
+    # `shop serve --workers N` starts N processes at once, each making sure the admin exists.
+    settings = make_settings(postgres_url, admin_email="together@example.com")
+    async with contextlib.AsyncExitStack() as stack:
+        await asyncio.gather(*(stack.enter_async_context(running(settings)) for _ in range(4)))
