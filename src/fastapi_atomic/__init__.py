@@ -4,7 +4,7 @@ Its database writes, its web-session changes and its idempotency record become v
 together, after the handler succeeded and before the client sees the response, or not at all.
 """
 
-from .dependencies import DB, UoW, get_db, get_unit_of_work, isolation_level
+from .dependencies import DB, UoW, get_db, get_unit_of_work, isolation_level, unit_of_work_of
 from .engine import create_engine
 from .exceptions import (
     AtomicError,
@@ -44,4 +44,5 @@ __all__ = [
     "idempotency_table",
     "isolation_level",
     "retry_reason",
+    "unit_of_work_of",
 ]

@@ -12,15 +12,25 @@ from .exceptions import UnitOfWorkMissing
 from .unit_of_work import IsolationLevel, UnitOfWork
 
 
-def get_unit_of_work(request: Request) -> UnitOfWork:
+def unit_of_work_of(request: Request) -> UnitOfWork:
+    """The request's unit of work (for code that has the Request; routes use ``UoW``)."""
     uow = request.scope.get("fastapi_atomic.uow")
     if not isinstance(uow, UnitOfWork):
         raise UnitOfWorkMissing()
     return uow
 
 
-def get_db(request: Request) -> AsyncSession:
-    return get_unit_of_work(request).db
+# Dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+# dependency in its thread pool, a hand-off per dependency per request that costs more than
+# the work (and, under load, fights for the GIL with the event loop).
+
+
+async def get_unit_of_work(request: Request) -> UnitOfWork:
+    return unit_of_work_of(request)
+
+
+async def get_db(request: Request) -> AsyncSession:
+    return unit_of_work_of(request).db
 
 
 UoW = Annotated[UnitOfWork, Depends(get_unit_of_work)]
@@ -34,6 +44,6 @@ def isolation_level(level: IsolationLevel) -> Callable[[Request], Awaitable[None
     """
 
     async def apply(request: Request) -> None:
-        await get_unit_of_work(request).set_isolation_level(level)
+        await unit_of_work_of(request).set_isolation_level(level)
 
     return apply

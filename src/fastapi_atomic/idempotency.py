@@ -47,7 +47,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .dependencies import get_unit_of_work
+from .dependencies import unit_of_work_of
 from .exceptions import ReplayResponse
 from .retry import retry_reason
 from .unit_of_work import UnitOfWork
@@ -120,7 +120,7 @@ class IdempotencyKeys:
                 raise HTTPException(
                     422, f"{self.header} must be 1 to 255 printable ASCII characters."
                 )
-            uow = get_unit_of_work(request)
+            uow = unit_of_work_of(request)
             context = IdempotencyContext(str(owner_id), key, await _fingerprint(request))
             await self._claim(uow, context)
             uow.capture_response = True

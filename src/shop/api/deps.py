@@ -19,12 +19,12 @@ from shop.payments import PaymentGateway
 from shop.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_gateway(request: Request) -> PaymentGateway:
+async def get_gateway(request: Request) -> PaymentGateway:
     gateway: PaymentGateway = request.app.state.gateway
     return gateway
 
@@ -83,10 +83,6 @@ async def admin_user(user: CurrentUser) -> SessionUser:
 AdminUser = Annotated[SessionUser, Depends(admin_user)]
 
 
-def user_id_of(user: CurrentUser) -> str:
-    return str(user.id)
-
-
 def get_idempotency_keys(request: Request) -> IdempotencyKeys:
     keys: IdempotencyKeys = request.app.state.idempotency_keys
     return keys
@@ -111,7 +107,7 @@ class SessionOrderIds:
         self._websession.append("order_ids", order_id)
 
 
-def session_order_ids(websession: WebSessionDep) -> SessionOrderIds:
+async def session_order_ids(websession: WebSessionDep) -> SessionOrderIds:
     return SessionOrderIds(websession)
 
 
@@ -119,7 +115,7 @@ SessionOrders = Annotated[SessionOrderIds, Depends(session_order_ids)]
 
 
 async def transfer_isolation(request: Request) -> None:
-    level = get_settings(request).transfer_isolation
+    level = (await get_settings(request)).transfer_isolation
     if level is not None:
         await isolation_level(level)(request)
 

@@ -45,7 +45,12 @@ def merge_lines(lines: Iterable[Line]) -> list[Line]:
 
 
 async def _take_stock(db: AsyncSession, lines: list[Line]) -> list[tuple[Line, int]]:
-    """Take each line's quantity from stock; returns each line with its unit price."""
+    """Take each line's quantity from stock; returns each line with its unit price.
+
+    The hot UPDATEs here and in transfers skip ``synchronize_session``: no Product or Account
+    is loaded in the request's AsyncSession, so there is nothing to synchronize, and working
+    that out cost the ORM more than the statement.
+    """
     priced: list[tuple[Line, int]] = []
     for line in lines:
         price = (
@@ -54,6 +59,7 @@ async def _take_stock(db: AsyncSession, lines: list[Line]) -> list[tuple[Line, i
                 .where(Product.id == line.product_id, Product.stock >= line.quantity)
                 .values(stock=Product.stock - line.quantity)
                 .returning(Product.price)
+                .execution_options(synchronize_session=False)
             )
         ).scalar_one_or_none()
         if price is None:
@@ -113,6 +119,7 @@ async def checkout_with_account(
         update(Account)
         .where(Account.id == account_id, Account.user_id == user_id, Account.balance >= order.total)
         .values(balance=Account.balance - order.total)
+        .execution_options(synchronize_session=False)
     )
     if debited.rowcount != 1:  # type: ignore[attr-defined]
         owned = await db.scalar(

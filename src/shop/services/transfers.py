@@ -30,11 +30,15 @@ async def transfer(
         update(Account)
         .where(Account.id == from_account_id, Account.balance >= amount)
         .values(balance=Account.balance - amount)
+        .execution_options(synchronize_session=False)
     )
     if debited.rowcount != 1:  # type: ignore[attr-defined]
         raise Conflict("Insufficient funds.")
     await db.execute(
-        update(Account).where(Account.id == to_account_id).values(balance=Account.balance + amount)
+        update(Account)
+        .where(Account.id == to_account_id)
+        .values(balance=Account.balance + amount)
+        .execution_options(synchronize_session=False)
     )
     record = Transfer(from_account_id=from_account_id, to_account_id=to_account_id, amount=amount)
     db.add(record)

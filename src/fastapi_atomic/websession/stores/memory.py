@@ -14,10 +14,10 @@ class MemoryStore(StoreTimeouts):
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         record = self._records.get(key)
-        return record.copy() if record is not None else None
+        return _isolated(record) if record is not None else None
 
     async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
-        self._records[key] = record.copy()
+        self._records[key] = _isolated(record)
         uow.on_rollback(lambda: self._restore(key, record.version, None))
 
     async def update(
@@ -34,7 +34,7 @@ class MemoryStore(StoreTimeouts):
         updated = apply_changes(current, changes)
         self._records[key] = updated
         uow.on_rollback(lambda: self._restore(key, updated.version, current))
-        return updated.copy()
+        return _isolated(updated)
 
     async def delete(self, key: str, uow: UnitOfWork) -> None:
         old = self._records.pop(key, None)
@@ -42,7 +42,7 @@ class MemoryStore(StoreTimeouts):
             uow.on_rollback(lambda: self._restore(key, None, old))
 
     async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
-        return [(k, r.copy()) for k, r in self._records.items() if r.user_id == user_id]
+        return [(k, _isolated(r)) for k, r in self._records.items() if r.user_id == user_id]
 
     async def delete_for_user(self, user_id: str, uow: UnitOfWork, *, keep: str | None) -> int:
         doomed = [k for k, r in self._records.items() if r.user_id == user_id and k != keep]
@@ -72,3 +72,8 @@ class MemoryStore(StoreTimeouts):
             self._records.pop(key, None)
         else:
             self._records[key] = previous
+
+
+def _isolated(record: SessionRecord) -> SessionRecord:
+    """A copy sharing nothing with ``record``, as if it had been stored and read back."""
+    return SessionRecord.from_json(record.to_json())
