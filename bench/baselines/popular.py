@@ -1,43 +1,50 @@
-"""The popular way, as tutorials teach it: a signed-cookie session, a `get_db` dependency, and
-try/commit/except/rollback in the route. Same database and tables as the shop, to compare.
+"""The popular way, as FastAPI's SQL tutorial teaches it: a signed-cookie session (Starlette's
+SessionMiddleware), a sync SQLAlchemy engine (psycopg) with a ``def get_db`` dependency, ``def``
+routes (run in the thread pool) and try/commit/except/rollback in the route. Same database and
+tables as the shop, to compare.
 
-Environment: BENCH_DATABASE_URL (postgresql+asyncpg://…), BENCH_SECRET.
+Environment: BENCH_DATABASE_URL (postgresql+asyncpg://…, the shop's URL), BENCH_SECRET.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
 
 from shop.db.models import Account, Order, OrderItem, Product, User
 
-engine = create_async_engine(
-    os.environ.get("BENCH_DATABASE_URL", "sqlite+aiosqlite:///bench.db"),
+url = make_url(os.environ.get("BENCH_DATABASE_URL", "sqlite:///bench.db"))
+engine = create_engine(
+    url.set(drivername="postgresql+psycopg") if url.get_backend_name() == "postgresql" else url,
     pool_size=10,
     max_overflow=10,
 )
-SessionLocal = async_sessionmaker(engine, expire_on_commit=False)
+SessionLocal = sessionmaker(bind=engine, autoflush=False, expire_on_commit=False)
 app = FastAPI()
 app.add_middleware(SessionMiddleware, secret_key=os.environ.get("BENCH_SECRET", "s" * 40))
 
 
-async def get_db() -> AsyncIterator[AsyncSession]:
-    async with SessionLocal() as db:
+def get_db() -> Iterator[Session]:
+    db = SessionLocal()
+    try:
         yield db
+    finally:
+        db.close()
 
 
-DB = Annotated[AsyncSession, Depends(get_db)]
+DB = Annotated[Session, Depends(get_db)]
 
 
 @app.post("/api/session")
-async def login(request: Request, body: dict[str, str], db: DB) -> dict[str, Any]:
-    user = (await db.execute(select(User).where(User.email == body["email"]))).scalar_one_or_none()
+def login(request: Request, body: dict[str, str], db: DB) -> dict[str, Any]:
+    user = db.execute(select(User).where(User.email == body["email"])).scalar_one_or_none()
     request.session["user_id"] = user.id if user else 0
     request.session["order_ids"] = []
     return {"user": {"id": request.session["user_id"]}}
@@ -51,20 +58,20 @@ async def read_session(request: Request) -> dict[str, Any]:
 
 
 @app.post("/api/orders", status_code=201)
-async def checkout(request: Request, body: dict[str, Any], db: DB) -> dict[str, Any]:
+def checkout(request: Request, body: dict[str, Any], db: DB) -> dict[str, Any]:
     if "user_id" not in request.session:
         raise HTTPException(401, "Not logged in.")
     try:
         total = 0
         lines = []
         for item in body["items"]:
-            product = await db.get(Product, item["product_id"])
+            product = db.get(Product, item["product_id"])
             if product is None or product.stock < item["quantity"]:
                 raise HTTPException(409, "Not enough stock.")
             product.stock -= item["quantity"]  # read-modify-write: oversells under load
             total += product.price * item["quantity"]
             lines.append((product, item["quantity"]))
-        account = await db.get(Account, body["payment"]["account_id"])
+        account = db.get(Account, body["payment"]["account_id"])
         if account is None or account.balance < total:
             raise HTTPException(402, "Insufficient funds.")
         account.balance -= total
@@ -76,7 +83,7 @@ async def checkout(request: Request, body: dict[str, Any], db: DB) -> dict[str, 
             account_id=account.id,
         )
         db.add(order)
-        await db.flush()
+        db.flush()
         for product, quantity in lines:
             db.add(
                 OrderItem(
@@ -86,9 +93,9 @@ async def checkout(request: Request, body: dict[str, Any], db: DB) -> dict[str, 
                     unit_price=product.price,
                 )
             )
-        await db.commit()
+        db.commit()
     except Exception:
-        await db.rollback()
+        db.rollback()
         raise
     request.session["order_ids"] = [*request.session["order_ids"], order.id]
     return {"id": order.id, "status": "paid", "total": total}
