@@ -96,9 +96,14 @@ def snapshot(url: str, statements: list[str]) -> list[list[tuple[Any, ...]]]:
     from sqlalchemy.ext.asyncio import create_async_engine
 
     async def go() -> list[list[tuple[Any, ...]]]:
-        engine = create_async_engine(url, isolation_level="REPEATABLE READ")
+        sqlite = url.startswith("sqlite")
+        engine = create_async_engine(
+            url, **({} if sqlite else {"isolation_level": "REPEATABLE READ"})
+        )
         try:
             async with engine.connect() as connection:
+                if sqlite:  # a read transaction in WAL mode is a snapshot from its first read
+                    await connection.exec_driver_sql("BEGIN")
                 return [
                     [tuple(row) for row in await connection.execute(text(statement))]
                     for statement in statements
@@ -579,6 +584,18 @@ def scenarios() -> list[Scenario]:
             invariants=shop_invariants,
         )
     )
+    for name, load, env in (
+        ("shop transfer on sqlite", transfer_load, {}),
+        ("shop account checkout on sqlite", checkout_load("account"), {}),
+        (
+            "shop card checkout (gateway 50 ms) on sqlite",
+            checkout_load("card"),
+            {"SHOP_FAKE_GATEWAY_LATENCY_MS": "50"},
+        ),
+    ):
+        list_.append(
+            Scenario(name, "shop", load, "sqlite", "sql", env=env, invariants=shop_invariants)
+        )
     list_.append(
         Scenario(
             "popular: account checkout on postgres",
@@ -668,7 +685,11 @@ def run_scenario(
         if scenario.app == "popular" and "checkout" in scenario.name:
             prepare_popular(database_url, workdir, users)
         load = scenario.load(server.url, database_url, users)
-        if scenario.app == "shop" and "checkout" in scenario.name:
+        if (
+            scenario.app == "shop"
+            and "checkout" in scenario.name
+            and scenario.database == "postgres"
+        ):
             shared_checkout_db.setdefault("postgres", database_url)
         measure(server.url, load, 4, min(1.0, duration / 5))  # warm-up
         for connections in counts:
