@@ -34,8 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 if TYPE_CHECKING:
     from ..unit_of_work import UnitOfWork
@@ -137,13 +136,15 @@ class InvalidationFeed:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"{type(self).__name__}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), wait)
+            async with asyncio.timeout(wait):
+                await self._connected.wait()
 
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=2.0)
+            if not done:
+                logger.warning("web-session cache feed did not stop within 2 s; left behind")
             self._task = None
         self.cache.go_dark()
 
@@ -169,17 +170,20 @@ class InvalidationFeed:
 
 
 class PostgresFeed(InvalidationFeed):
-    """LISTEN on a dedicated connection (outside the app's pool) for the trigger's NOTIFYs."""
+    """LISTEN on its own asyncpg connection (outside the app's pool) for the trigger's NOTIFYs."""
 
     def __init__(self, cache: RecordCache, engine: AsyncEngine, channel: str) -> None:
         super().__init__(cache)
         self.channel = channel
-        self._engine = create_async_engine(engine.url, poolclass=NullPool)
+        url = engine.url.set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
 
     @contextlib.asynccontextmanager
     async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
-        async with self._engine.connect() as connection:
-            raw: Any = (await connection.get_raw_connection()).driver_connection
+        import asyncpg  # type: ignore[import-untyped]  # PostgreSQL only, where it is the driver
+
+        raw = await asyncpg.connect(self._dsn, timeout=self.heartbeat)
+        try:
             queue: asyncio.Queue[str | None] = asyncio.Queue()
 
             def on_notify(_connection: Any, _pid: int, _channel: str, key: str) -> None:
@@ -187,27 +191,27 @@ class PostgresFeed(InvalidationFeed):
 
             raw.add_termination_listener(lambda _connection: queue.put_nowait(None))
             await raw.add_listener(self.channel, on_notify)
-            try:
-                yield self._messages(raw, queue)
-            finally:
-                with contextlib.suppress(Exception):
-                    await raw.remove_listener(self.channel, on_notify)
+            yield self._messages(raw, queue)
+        finally:
+            # No await here: a cancelled feed (app shut-down) must not wait on a connection
+            # that may be in the middle of a heartbeat. Closing it ends the LISTEN.
+            raw.terminate()
 
     async def _messages(self, raw: Any, queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn the task's own
+            # cancellation (app shut-down) into a TimeoutError, and the feed would run on.
             try:
-                key = await asyncio.wait_for(queue.get(), self.heartbeat)
+                async with asyncio.timeout(self.heartbeat):
+                    key = await queue.get()
             except TimeoutError:
                 # A half-open connection delivers nothing and says nothing: ask.
-                await asyncio.wait_for(raw.fetchval("SELECT 1"), self.heartbeat)
+                async with asyncio.timeout(self.heartbeat):
+                    await raw.fetchval("SELECT 1")
                 continue
             if key is None:
                 raise ConnectionError("the LISTEN connection was closed")
             yield key
-
-    async def aclose(self) -> None:
-        await super().aclose()
-        await self._engine.dispose()
 
 
 class RedisFeed(InvalidationFeed):
