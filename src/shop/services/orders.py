@@ -145,21 +145,23 @@ async def checkout_with_card(
     key = payment_key or f"order_{uuid.uuid4().hex}"
     merged = merge_lines(lines)
 
-    async def reserve(db: AsyncSession) -> tuple[int, int, str]:
-        existing = await db.scalar(select(Order).where(Order.payment_key == key))
-        if existing is not None:  # a retry of a request that got this far before
-            return existing.id, existing.total, existing.status
+    async def reserve(db: AsyncSession) -> Order:
+        if payment_key is not None:  # a retry of a request that got this far may have run
+            existing = await db.scalar(select(Order).where(Order.payment_key == key))
+            if existing is not None:
+                return existing
         priced = await _take_stock(db, merged)
         order = _new_order(db, user_id, priced, payment_method="card", payment_key=key)
         await _add_items(db, order, priced)
         db.add(Payment(gateway_key=key, amount=order.total, order_id=order.id))
         await db.flush()
-        return order.id, order.total, order.status
+        return order
 
-    order_id, total, status = await uow.run_phase(reserve)
-    if status == "paid":
+    reserved = await uow.run_phase(reserve)
+    order_id, total = reserved.id, reserved.total
+    if reserved.status == "paid":
         return await get_order(uow.db, user_id=user_id, order_id=order_id)
-    if status == "failed":
+    if reserved.status == "failed":
         raise PaymentDeclined("The card was declined.")
 
     result = await charge_or_find(gateway, amount=total, card_number=card_number, key=key)
@@ -174,8 +176,12 @@ async def checkout_with_card(
     if result.status != "succeeded":
         await uow.run_phase(lambda db: release_order(db, order_id, result))
         raise PaymentDeclined(f"The card was declined ({result.decline_code or 'declined'}).")
-    await settle_order(uow.db, order_id, result)
-    return await get_order(uow.db, user_id=user_id, order_id=order_id)
+    if not await settle_order(uow.db, order_id, result):
+        # Settled meanwhile by a reconcile run, which found this charge: read what it wrote.
+        return await get_order(uow.db, user_id=user_id, order_id=order_id)
+    # The order as reserved, now paid: its items and total are what phase 1 wrote.
+    set_committed_value(reserved, "status", "paid")
+    return reserved
 
 
 class _Outcome(enum.Enum):
