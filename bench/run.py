@@ -884,7 +884,12 @@ def write_report(
             f"{invariants} | {(row['target'] or '') if row['connections'] == 64 or quick else ''} | {met} |"
         )
     tools = {row.get("tool") for row in rows if "tool" in row}
-    lines += ["", f"Load generator: {', '.join(sorted(t for t in tools if t))}."]
+    lines += [
+        "",
+        f"Load generator: {', '.join(sorted(t for t in tools if t))}. Invariants are checked on"
+        " the scenario's database after each measurement and are cumulative: a row includes what"
+        " the warm-up (4 connections) and the lower connection counts before it did.",
+    ]
     if windows:
         lines += [
             "",

@@ -31,10 +31,15 @@ def store_key(session_id: str) -> str:
 
 
 class KeyRing:
-    def __init__(self, keys: Sequence[str]) -> None:
+    def __init__(self, keys: Sequence[str], *, remember: int = 10_000) -> None:
         if not keys or any(not key for key in keys):
             raise ConfigurationError("KeyRing needs at least one non-empty secret key.")
         self._keys = [key.encode() for key in keys]
+        # Cookies already verified: the same browser sends the same cookie on every request,
+        # and verifying is a pure function of the cookie and the (fixed) keys. Only valid
+        # cookies are remembered, so junk cannot crowd them out faster than real traffic.
+        self._verified: dict[str, tuple[str, bool]] = {}
+        self._remember = remember
 
     def _signature(self, key: bytes, session_id: str) -> str:
         digest = hmac.new(key, b"websession:" + session_id.encode(), hashlib.sha256).digest()
@@ -45,6 +50,9 @@ class KeyRing:
 
     def unsign(self, cookie: str) -> tuple[str, bool] | None:
         """The id in a cookie and whether it needs re-signing; None for anything not ours."""
+        known = self._verified.get(cookie)
+        if known is not None:
+            return known
         if len(cookie) != MAX_COOKIE_LENGTH or cookie.count(".") != 1:
             return None
         session_id, signature = cookie.split(".")
@@ -52,5 +60,8 @@ class KeyRing:
             return None
         for index, key in enumerate(self._keys):
             if hmac.compare_digest(signature, self._signature(key, session_id)):
-                return session_id, index != 0
+                if len(self._verified) >= self._remember:
+                    del self._verified[next(iter(self._verified))]
+                verified = self._verified[cookie] = (session_id, index != 0)
+                return verified
         return None
