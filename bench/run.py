@@ -798,7 +798,12 @@ def main(argv: list[str] | None = None) -> int:
         databases = Databases(workdir)
         shared: dict[str, str] = {}
         try:
-            for scenario in scenarios():
+            # The floor is measured first and again last; ratios use the higher of the two, so a
+            # floor taken while the machine was disturbed cannot flatter every other figure.
+            all_scenarios = scenarios()
+            floor = next(s for s in all_scenarios if s.app == "floor")
+            again = replace(floor, name="floor: constant JSON, measured again at the end")
+            for scenario in [*all_scenarios, again]:
                 if args.only and args.only not in scenario.name and scenario.app != "floor":
                     continue
                 missing = available(scenario.needs)
@@ -849,9 +854,10 @@ def write_report(
     argv: list[str],
     windows: Sequence[dict[str, Any]] = (),
 ) -> None:
-    floors = {
-        r["connections"]: r["rps"] for r in rows if r["scenario"].startswith("floor") and "rps" in r
-    }
+    floors: dict[int, float] = {}
+    for r in rows:
+        if r["scenario"].startswith("floor") and "rps" in r:
+            floors[r["connections"]] = max(floors.get(r["connections"], 0.0), r["rps"])
     lines = [
         "# Benchmark results",
         "",
@@ -859,7 +865,8 @@ def write_report(
         + (" (quick: harness check only, numbers mean nothing)" if quick else ""),
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()};"
         " servers, load generator, PostgreSQL and Redis share this machine. % of floor compares"
-        " with the floor at the same connection count; targets are judged at 64 connections.",
+        " with the floor at the same connection count (the higher of its two measurements, first"
+        " and last); targets are judged at 64 connections.",
         "",
         "| scenario | conns | req/s | % of floor | p50 ms | p99 ms | non-2xx | errors | invariants | target | met |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |",
