@@ -15,7 +15,6 @@ from redis.asyncio import Redis
 from sqlalchemy import MetaData, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fastapi_atomic import create_engine
 from fastapi_atomic.testing import (
     WebSessionStoreContract,
     make_record,
@@ -26,13 +25,6 @@ from fastapi_atomic.websession import RedisStore, SqlStore, web_sessions_table
 from fastapi_atomic.websession.record import Changes, SessionRecord
 from fastapi_atomic.websession.stores.base import WebSessionStore
 from shop.db.models import web_sessions
-
-
-@pytest.fixture
-async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(postgres_url)
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -74,10 +66,8 @@ class TestCachedRedisStore(WebSessionStoreContract):
         return redis_stores[0]
 
     @pytest.fixture
-    async def engine(self, sqlite_url: str) -> AsyncIterator[AsyncEngine]:
-        engine = create_engine(sqlite_url)
-        yield engine
-        await engine.dispose()
+    def engine(self, sqlite_engine: AsyncEngine) -> AsyncEngine:
+        return sqlite_engine
 
 
 @pytest.fixture(params=["sql on postgres", "redis"])
@@ -103,6 +93,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
     return time.monotonic() - started
 
 
+async def cached_in_reader(
+    writer: WebSessionStore, reader: WebSessionStore, engine: AsyncEngine, record: SessionRecord
+) -> str:
+    """A session created through ``writer`` and read twice through ``reader`` (then cached)."""
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await writer.create(key, record, uow)
+    first = await load(reader, engine, key)
+    assert first is not None and first.data == record.data
+    assert await load(reader, engine, key) == first
+    return key
+
+
 async def test_both_caches_are_live(
     two_processes: tuple[list[WebSessionStore], AsyncEngine],
 ) -> None:
@@ -114,12 +117,7 @@ async def test_a_write_in_one_process_evicts_the_record_in_the_other(
     two_processes: tuple[list[WebSessionStore], AsyncEngine],
 ) -> None:
     (writer, reader), engine = two_processes
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await writer.create(key, make_record("5", step=1), uow)
-    first = await load(reader, engine, key)
-    assert first is not None and first.data == {"step": 1}
-    assert await load(reader, engine, key) == first  # served from memory now
+    key = await cached_in_reader(writer, reader, engine, make_record("5", step=1))
     assert reader.cache.hits >= 1  # type: ignore[attr-defined]
 
     async with unit_of_work(engine) as uow:
@@ -136,11 +134,7 @@ async def test_a_logout_in_one_process_ends_the_session_in_the_other(
     two_processes: tuple[list[WebSessionStore], AsyncEngine],
 ) -> None:
     (writer, reader), engine = two_processes
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await writer.create(key, make_record("6"), uow)
-    assert await load(reader, engine, key) is not None
-    assert await load(reader, engine, key) is not None
+    key = await cached_in_reader(writer, reader, engine, make_record("6"))
 
     async with unit_of_work(engine) as uow:
         await writer.delete(key, uow)
@@ -155,10 +149,7 @@ async def test_a_rolled_back_write_is_never_served(
     two_processes: tuple[list[WebSessionStore], AsyncEngine],
 ) -> None:
     (writer, reader), engine = two_processes
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await writer.create(key, make_record("7", a=1), uow)
-    assert await load(reader, engine, key) is not None
+    key = await cached_in_reader(writer, reader, engine, make_record("7", a=1))
     async with unit_of_work(engine, commit=False) as uow:
         await writer.update(key, Changes([("set", "a", 2)]), uow)
     await asyncio.sleep(0.05)  # whatever message there was has arrived

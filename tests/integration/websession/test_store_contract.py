@@ -8,24 +8,9 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fastapi_atomic import create_engine
 from fastapi_atomic.testing import WebSessionStoreContract, make_record, new_key, unit_of_work
 from fastapi_atomic.websession import RedisStore, SqlStore
 from shop.db.models import web_sessions
-
-
-@pytest.fixture
-async def sqlite_engine(sqlite_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(sqlite_url)
-    yield engine
-    await engine.dispose()
-
-
-@pytest.fixture
-async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(postgres_url)
-    yield engine
-    await engine.dispose()
 
 
 class TestSqlStoreOnSqlite(WebSessionStoreContract):
