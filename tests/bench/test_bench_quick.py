@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.timeout(300)  # every scenario once, servers started one by one: ~2 min here
 def test_quick_benchmark_run(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
@@ -34,4 +37,4 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
                 assert row["non_2xx"] == 0, row
     # A process that kept serving a revoked session for 10 s would have failed the run.
     for window in results["revocation_windows"]:
-        assert window["trials"] == 5 and window["p50_ms"] <= window["max_ms"], window
+        assert window["trials"] == 3 and window["p50_ms"] <= window["max_ms"], window
