@@ -15,7 +15,7 @@ class AtomicMetrics:
     rollbacks: Counter
     retries: Counter
     #: labelled children, looked up once (``labels()`` locks and hashes on every call)
-    _children: dict[tuple[str, str], Any] = field(default_factory=dict, compare=False, repr=False)
+    _children: dict[tuple[int, str], Any] = field(default_factory=dict, compare=False, repr=False)
 
     _default: ClassVar[AtomicMetrics | None] = None
 
@@ -44,16 +44,15 @@ class AtomicMetrics:
         )
 
     def outcome(self, name: str) -> Any:
-        return self._child("outcome", name)
+        return self._child(self.requests, name)
 
     def rollback(self, reason: str) -> Any:
-        return self._child("reason", reason)
+        return self._child(self.rollbacks, reason)
 
-    def _child(self, label: str, value: str) -> Any:
-        child = self._children.get((label, value))
+    def _child(self, counter: Counter, value: str) -> Any:
+        child = self._children.get((id(counter), value))
         if child is None:
-            counter = self.requests if label == "outcome" else self.rollbacks
-            child = self._children[(label, value)] = counter.labels(**{label: value})
+            child = self._children[(id(counter), value)] = counter.labels(value)
         return child
 
     @classmethod

@@ -29,7 +29,6 @@ from typing import Protocol
 
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .exceptions import ReplayResponse, ServiceUnavailable
@@ -205,8 +204,7 @@ class _Responder:
         self.uow.response = CapturedResponse(status, list(start.get("headers", [])), body)
         if status < self.rollback_status:
             await self._commit()
-            if self.uow.has_header_hooks:
-                self.uow.apply_response_headers(MutableHeaders(scope=start))
+            self.uow.apply_response_headers(start)
             self.metrics.outcome("committed").inc()
         else:
             await self.uow.rollback()

@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -276,11 +276,11 @@ class UnitOfWork:
             except Exception:
                 logger.exception("right-after-commit hook %r failed", evict)
 
-    @property
-    def has_header_hooks(self) -> bool:
-        return bool(self._header_hooks)
-
-    def apply_response_headers(self, headers: MutableHeaders) -> None:
+    def apply_response_headers(self, start: MutableMapping[str, Any]) -> None:
+        """Let the header hooks add to the ``http.response.start`` message ``start``."""
+        if not self._header_hooks:
+            return  # most responses: no headers object to build
+        headers = MutableHeaders(scope=start)
         for hook in self._header_hooks:
             hook(headers)
 

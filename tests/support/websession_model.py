@@ -14,7 +14,6 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy.ext.asyncio import AsyncEngine
-from starlette.datastructures import MutableHeaders
 
 from fastapi_atomic import UnitOfWork
 from fastapi_atomic.websession import WebSession, WebSessionManager, WebSessionStore
@@ -87,7 +86,7 @@ class WebSessionMachine(RuleBasedStateMachine):
             if commit:
                 await uow.commit()
                 message: dict[str, Any] = {"type": "http.response.start", "headers": []}
-                uow.apply_response_headers(MutableHeaders(scope=message))
+                uow.apply_response_headers(message)
                 for name, value in message["headers"]:
                     if name == b"set-cookie":
                         cookie = value.decode().split(";")[0].split("=", 1)[1]

@@ -61,6 +61,13 @@ class RecordCache:
         self.hits = 0
         self.misses = 0
 
+    @classmethod
+    def from_option(cls, cache: bool | RecordCache) -> RecordCache | None:
+        """What a store's ``cache=`` argument means: a new cache, the one given, or none."""
+        if isinstance(cache, RecordCache):
+            return cache
+        return cls() if cache else None
+
     def get(self, key: str) -> str | bytes | None:
         entry = self._entries.get(key)
         if entry is None:
@@ -257,6 +264,7 @@ def notify_channel(table: Table) -> str:
 
 
 def trigger_name(table: Table) -> str:
+    """The trigger's name, and its function's."""
     return f"{table.name}_notify_change"
 
 
@@ -266,20 +274,20 @@ def postgres_notify_trigger(table: Table) -> list[str]:
     Run it in a migration after creating the table. Every UPDATE or DELETE of a row, by the
     store or by anything else (a purge, a hand-written query), NOTIFYs its key on commit.
     """
-    function, trigger, channel = trigger_name(table), trigger_name(table), notify_channel(table)
+    name, channel = trigger_name(table), notify_channel(table)
     return [
         f"""
-        CREATE OR REPLACE FUNCTION {function}() RETURNS trigger AS $$
+        CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$
         BEGIN
             PERFORM pg_notify('{channel}', OLD.key);
             RETURN NULL;
         END;
         $$ LANGUAGE plpgsql
         """,
-        f"DROP TRIGGER IF EXISTS {trigger} ON {table.name}",
+        f"DROP TRIGGER IF EXISTS {name} ON {table.name}",
         f"""
-        CREATE TRIGGER {trigger}
+        CREATE TRIGGER {name}
         AFTER UPDATE OR DELETE ON {table.name}
-        FOR EACH ROW EXECUTE FUNCTION {function}()
+        FOR EACH ROW EXECUTE FUNCTION {name}()
         """,
     ]

@@ -53,9 +53,7 @@ class RedisStore(StoreTimeouts):
         self.redis = redis
         self.prefix = prefix
         self.channel = f"{prefix}changed"
-        self.cache = (
-            RecordCache() if cache is True else (cache if isinstance(cache, RecordCache) else None)
-        )
+        self.cache = RecordCache.from_option(cache)
         self._feed = RedisFeed(self.cache, redis, self.channel) if self.cache is not None else None
         super().__init__()
         self._cas = redis.register_script(_CAS)
@@ -91,13 +89,13 @@ class RedisStore(StoreTimeouts):
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             raise ServiceUnavailable("The session store is unavailable; try again.") from exc
 
-    async def _get(self, key: str) -> SessionRecord | None:
-        raw = await self._call(lambda: self.redis.get(self._key(key)))
-        return SessionRecord.from_json(raw) if raw is not None else None
-
     async def _read(self, key: str) -> str | bytes | None:
         raw: str | bytes | None = await self._call(lambda: self.redis.get(self._key(key)))
         return raw
+
+    async def _get(self, key: str) -> SessionRecord | None:
+        raw = await self._read(key)
+        return SessionRecord.from_json(raw) if raw is not None else None
 
     async def _swap(
         self, key: str, expected: SessionRecord | None, new: SessionRecord | None

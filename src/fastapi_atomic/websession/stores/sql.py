@@ -61,9 +61,7 @@ class SqlStore(StoreTimeouts):
     def __init__(self, table: Table, *, cache: bool | RecordCache = False) -> None:
         self.table = table
         self._select = select(table.c.record).where(table.c.key == bindparam("key"))
-        self.cache = (
-            RecordCache() if cache is True else (cache if isinstance(cache, RecordCache) else None)
-        )
+        self.cache = RecordCache.from_option(cache)
         self._feed: PostgresFeed | None = None
         super().__init__()
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from alembic import op
 
 from fastapi_atomic.websession import postgres_notify_trigger
+from fastapi_atomic.websession.cache import trigger_name
 from shop.db.models import web_sessions
 
 revision: str = "0003"
@@ -28,5 +29,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute("DROP TRIGGER IF EXISTS web_sessions_notify_change ON web_sessions")
-    op.execute("DROP FUNCTION IF EXISTS web_sessions_notify_change()")
+    name = trigger_name(web_sessions)
+    op.execute(f"DROP TRIGGER IF EXISTS {name} ON {web_sessions.name}")
+    op.execute(f"DROP FUNCTION IF EXISTS {name}()")
