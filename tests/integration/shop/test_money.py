@@ -345,6 +345,46 @@ async def test_gateway_timeout_after_the_charge_is_settled_by_reconcile(
     assert again.settled == again.released == []
 
 
+async def test_a_card_order_answers_what_reading_it_back_shows(
+    admin: Shopper, new_shopper: NewShopper
+) -> None:
+    # The paid order is answered from what phase 1 wrote, not read back: it must be the same.
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    cup = await add_product(admin, "cup", 300, 5)
+    created = await order(shopper, [(mug, 2), (cup, 1)], card())
+    assert created.status_code == 201
+    read_back = await shopper.get(f"/api/orders/{created.json()['id']}")
+    assert created.json() == read_back.json()
+    assert created.json()["status"] == "paid" and created.json()["total"] == 2300
+
+
+async def test_reconcile_settling_the_order_while_the_gateway_answers_charges_once(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+) -> None:
+    # A reconcile run finds the charge and settles the order between the charge and phase 2:
+    # the checkout finds it no longer pending, and answers the order as reconcile left it.
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    gateway = gateway_of(app)
+    real_charge = gateway.charge
+
+    async def charge_then_reconcile(**kwargs: Any) -> Any:
+        result = await real_charge(**kwargs)
+        report = await reconcile(app.state.engine, gateway, min_age_seconds=0)
+        assert len(report.settled) == 1
+        return result
+
+    gateway.charge = charge_then_reconcile  # type: ignore[method-assign]
+    created = await order(shopper, [(mug, 1)], card())
+    gateway.charge = real_charge  # type: ignore[method-assign]
+    assert created.status_code == 201, created.text
+    assert created.json()["status"] == "paid"
+    assert gateway.total_charged == 1000
+    assert (await shopper.get("/api/session")).json()["order_ids"] == [created.json()["id"]]
+    assert [o["status"] for o in (await shopper.get("/api/orders")).json()] == ["paid"]
+
+
 async def test_reconcile_releases_a_reservation_that_was_never_charged(
     app: FastAPI, admin: Shopper, new_shopper: NewShopper
 ) -> None:

@@ -147,6 +147,13 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
             raise OperationalError("...", {}, sqlite3.OperationalError("database is locked"))
         return {"attempts": len(harness.hooks)}
 
+    @app.post("/retry-request-id")
+    async def retry_request_id(uow: UoW) -> dict[str, Any]:
+        harness.hooks.append(uow.request_id)  # made on first use, in the first attempt
+        if len(harness.hooks) == 1:
+            raise OperationalError("...", {}, sqlite3.OperationalError("database is locked"))
+        return {"attempts": len(harness.hooks)}
+
     @app.post("/failing-hook/{name}")
     async def failing_hook(name: str, db: DB, uow: UoW) -> dict[str, str]:
         def explode() -> None:
@@ -290,6 +297,17 @@ async def test_a_retried_request_reads_its_body_again(harness: Harness) -> None:
         response = await client.post("/retry-body", content=b"payload")
     assert response.json() == {"attempts": 2}
     assert harness.hooks == ["payload", "payload"]
+
+
+async def test_a_retried_request_keeps_its_request_id(harness: Harness) -> None:
+    # The id owns idempotency-key locks: a retry that got a new one would lock itself out.
+    async with client_for(build_app(harness)) as client:
+        first = await client.post("/retry-request-id")
+        second = await client.post("/retry-request-id")
+    assert first.json() == {"attempts": 2}
+    assert second.json() == {"attempts": 3}
+    assert harness.hooks[0] == harness.hooks[1] != harness.hooks[2]
+    assert len(harness.hooks[0]) == 32
 
 
 async def test_body_over_the_limit_is_413(harness: Harness) -> None:

@@ -214,3 +214,26 @@ async def test_without_the_trigger_the_sql_cache_stays_off(postgres_engine: Asyn
         await store.aclose()
         async with postgres_engine.begin() as connection:
             await connection.run_sync(table.drop)
+
+
+@pytest.mark.parametrize("store_kind", ["sql on postgres", "redis"])
+async def test_the_feed_stops_at_shut_down_even_in_the_middle_of_a_heartbeat(
+    store_kind: str, postgres_engine: AsyncEngine, redis_url: str, redis_prefix: str
+) -> None:
+    # With a heartbeat of a millisecond, the cancellation lands on a heartbeat's timeout most
+    # of the time: where that swallowed it, shut-down waited forever on the feed.
+    for _ in range(5):
+        store: SqlStore | RedisStore
+        if store_kind == "redis":
+            store = RedisStore(Redis.from_url(redis_url), prefix=redis_prefix, cache=True)
+        else:
+            store = SqlStore(web_sessions, cache=True)
+        await store.start(postgres_engine)
+        feed = store._feed
+        assert feed is not None and feed._task is not None
+        task = feed._task
+        feed.heartbeat = 0.001
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        await store.aclose()
+        assert task.done() and time.monotonic() - started < 1.0

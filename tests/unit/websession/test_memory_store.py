@@ -38,3 +38,19 @@ async def test_purge_removes_only_expired_sessions() -> None:
         assert await store.load(k_old, uow) is None
         assert await store.load(k_fresh, uow) is not None
     await engine.dispose()
+
+
+async def test_what_a_request_loads_shares_nothing_with_the_store() -> None:
+    # Records are copied shallowly elsewhere (values are replaced, never changed in place), so
+    # the memory store isolates itself: a handler changing a list in place changes only its own.
+    store = MemoryStore()
+    engine = create_engine("sqlite+aiosqlite://")
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await store.create(key, make_record("1", order_ids=[1]), uow)
+        loaded = await store.load(key, uow)
+        assert loaded is not None
+        loaded.data["order_ids"].append(2)
+        again = await store.load(key, uow)
+    await engine.dispose()
+    assert again is not None and again.data["order_ids"] == [1]

@@ -1,0 +1,39 @@
+"""Migration 0003 (the session cache's trigger) goes down and up again on PostgreSQL."""
+
+from __future__ import annotations
+
+from alembic import command
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from fastapi_atomic.websession.cache import trigger_name
+from shop.db.migrate import alembic_config, upgrade
+from shop.db.models import web_sessions
+
+
+async def test_the_cache_trigger_migration_downgrades_and_upgrades(postgres_url: str) -> None:
+    engine = create_async_engine(postgres_url)
+
+    def downgrade(connection: Connection) -> None:
+        config = alembic_config(postgres_url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0002")
+
+    async def triggers() -> int:
+        async with engine.connect() as connection:
+            found = await connection.scalar(
+                text("SELECT count(*) FROM pg_trigger WHERE tgname = :name"),
+                {"name": trigger_name(web_sessions)},
+            )
+        return int(found or 0)
+
+    try:
+        assert await triggers() == 1
+        async with engine.begin() as connection:
+            await connection.run_sync(downgrade)
+        assert await triggers() == 0
+    finally:
+        await upgrade(postgres_url)
+        assert await triggers() == 1
+        await engine.dispose()
