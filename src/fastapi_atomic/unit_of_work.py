@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -69,7 +69,6 @@ class UnitOfWork:
         #: room for extensions (web session, idempotency) to keep per-request state
         self.extensions: dict[str, Any] = {}
         self._db: AsyncSession | None = None
-        self._wrote = False
         self._before_commit: list[Hook] = []
         self._on_rollback: list[Hook] = []
         self._header_hooks: list[HeaderHook] = []
@@ -98,8 +97,6 @@ class UnitOfWork:
         """The request's AsyncSession, created on first use."""
         if self._db is None:
             self._db = self._new_session(self.isolation_level, self.write_intent)
-            event.listen(self._db.sync_session, "do_orm_execute", self._note_write)
-            event.listen(self._db.sync_session, "after_flush", self._note_flush)
         return self._db
 
     @property
@@ -147,14 +144,9 @@ class UnitOfWork:
         elif isolation_level is not None:
             options["isolation_level"] = isolation_level
         bind = _engine_variant(self.engine, options)
-        return AsyncSession(bind=bind, expire_on_commit=False, autoflush=True)
-
-    def _note_write(self, state: ORMExecuteState) -> None:
-        if not state.is_select:
-            self._wrote = True
-
-    def _note_flush(self, _session: Session, _ctx: Any) -> None:
-        self._wrote = True
+        return AsyncSession(
+            bind=bind, expire_on_commit=False, autoflush=True, sync_session_class=_RequestSession
+        )
 
     # --- hooks -------------------------------------------------------------------------
 
@@ -245,7 +237,12 @@ class UnitOfWork:
         """
         if self._db is None or not self._db.in_transaction():
             return
-        if self._wrote or self._db.new or self._db.dirty or self._db.deleted:
+        if (
+            cast(_RequestSession, self._db.sync_session).wrote
+            or self._db.new
+            or self._db.dirty
+            or self._db.deleted
+        ):
             raise TooLate(
                 "The request's transaction already wrote; it cannot be released before an "
                 "outside call. Move those writes into uow.run_phase(...) or after the call."
@@ -317,6 +314,33 @@ class UnitOfWork:
             except Exception:
                 logger.exception("closing the request's AsyncSession failed")
             self._db = None
+
+
+class _RequestSession(Session):
+    """The unit of work's Session: remembers whether its transaction wrote anything.
+
+    The listeners below are registered once, on this class, not on each request's Session:
+    registering per instance cost more than most statements of a request.
+    """
+
+    wrote = False
+
+
+@event.listens_for(_RequestSession, "do_orm_execute")
+def _note_write(state: ORMExecuteState) -> None:
+    if not state.is_select:
+        state.session.wrote = True  # type: ignore[attr-defined]
+
+
+@event.listens_for(_RequestSession, "after_flush")
+def _note_flush(session: Session, _flush_context: Any) -> None:
+    session.wrote = True  # type: ignore[attr-defined]
+
+
+@event.listens_for(_RequestSession, "after_transaction_end")
+def _forget_writes(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the outermost transaction ended: its writes are settled
+        session.wrote = False  # type: ignore[attr-defined]
 
 
 async def _call(hook: Hook) -> None:

@@ -25,6 +25,7 @@ from fastapi_atomic import (
     AtomicMetrics,
     AtomicMiddleware,
     Backoff,
+    TooLate,
     UoW,
     create_engine,
     isolation_level,
@@ -173,6 +174,18 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
             await asyncio.wait_for(harness.gate.wait(), 10)
             await db.execute(insert(items).values(name=name + "-second"))
         return {"name": name}
+
+    @app.post("/release-after/{what}")
+    async def release_after(what: str, db: DB, uow: UoW) -> dict[str, bool]:
+        if what == "write":
+            await db.execute(insert(items).values(name="written"))
+        else:
+            await db.execute(select(items.c.id))
+        try:
+            await uow.release()
+        except TooLate:
+            return {"released": False}
+        return {"released": True}
 
     @app.get("/no-db")
     async def no_db() -> dict[str, bool]:
@@ -325,6 +338,16 @@ async def test_request_without_database_work_takes_no_connection(harness: Harnes
         response = await client.get("/no-db")
     assert response.status_code == 200
     assert harness.checkouts == before
+
+
+async def test_a_transaction_that_wrote_is_never_released(harness: Harness) -> None:
+    """release() ends a read-only transaction before a slow call, but never drops a write."""
+    async with client_for(build_app(harness)) as client:
+        read = await client.post("/release-after/read")
+        wrote = await client.post("/release-after/write")
+    assert read.json() == {"released": True}
+    assert wrote.json() == {"released": False}
+    assert await harness.names() == ["written"]
 
 
 async def test_phase_commits_even_when_the_request_fails(harness: Harness) -> None:
