@@ -169,10 +169,12 @@ class WebSession(MutableMapping[str, JSON]):
             return
         if not self._created and self._id is not None:
             self._replaced_key = store_key(self._id)
-        data = dict(self._data)
-        user_id, authenticated_at = self._record.user_id, self._record.authenticated_at
+        data, old = dict(self._data), self._record
         self._record = self._fresh_record()
-        self._record.user_id, self._record.authenticated_at = user_id, authenticated_at
+        # Same session, new id: its absolute clock keeps running (an anonymous session's from
+        # created_at), or regenerating would be a way to live for ever.
+        self._record.created_at = old.created_at
+        self._record.user_id, self._record.authenticated_at = old.user_id, old.authenticated_at
         self._data = data
         self._changes = Changes([("set", key, value) for key, value in data.items()])
         self._id = new_session_id()
@@ -183,7 +185,7 @@ class WebSession(MutableMapping[str, JSON]):
         self.regenerate()
         assert self._record is not None
         self._record.user_id = str(user_id)
-        self._record.authenticated_at = self._manager.clock()
+        self._record.created_at = self._record.authenticated_at = self._manager.clock()
         for key, value in (data or {}).items():
             self[key] = value
 
