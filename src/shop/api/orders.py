@@ -3,6 +3,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 
 from fastapi_atomic import UoW
+from shop.db.models import Order
 from shop.services import orders
 from shop.services.orders import Line
 
@@ -26,6 +27,7 @@ async def place_order(
     session_orders: SessionOrders,
 ) -> OrderOut:
     lines = [Line(item.product_id, item.quantity) for item in body.items]
+    order: orders.PlacedOrder | Order
     if isinstance(body.payment, AccountPayment):
         order = await orders.checkout_with_account(
             uow.db, user_id=user.id, lines=lines, account_id=body.payment.account_id

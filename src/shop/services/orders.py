@@ -14,26 +14,104 @@ retry, a takeover after a crash or ``shop payments reconcile`` can never charge 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
-from sqlalchemy.orm.attributes import set_committed_value
 
 from fastapi_atomic import UnitOfWork
-from shop.db.models import Account, Order, OrderItem, Payment, Product, utcnow
+from shop.db.models import Account, Order, OrderItem, Payment, Product, table, utcnow
 from shop.errors import Conflict, GatewayUnavailable, NotFound, PaymentDeclined
 from shop.payments import ChargeResult, GatewayError, PaymentGateway
+
+# Checkout's statements are built once, on the tables: building them per request and taking
+# them through the ORM's execution layer cost more CPU than the database spent on them.
+_products = table(Product)
+_orders = table(Order)
+_items = table(OrderItem)
+_payments = table(Payment)
+_accounts = table(Account)
+
+_TAKE_STOCK = (
+    update(_products)
+    .where(_products.c.id == bindparam("product"), _products.c.stock >= bindparam("quantity"))
+    .values(stock=_products.c.stock - bindparam("quantity"))
+    .returning(_products.c.price)
+)
+_GIVE_BACK_STOCK = (
+    update(_products)
+    .where(_products.c.id == bindparam("product"))
+    .values(stock=_products.c.stock + bindparam("quantity"))
+)
+_PRODUCT = select(_products.c.id).where(_products.c.id == bindparam("product"))
+_DEBIT = (
+    update(_accounts)
+    .where(
+        _accounts.c.id == bindparam("account"),
+        _accounts.c.user_id == bindparam("user"),
+        _accounts.c.balance >= bindparam("amount"),
+    )
+    .values(balance=_accounts.c.balance - bindparam("amount"))
+)
+_OWNED_ACCOUNT = select(_accounts.c.id).where(
+    _accounts.c.id == bindparam("account"), _accounts.c.user_id == bindparam("user")
+)
+_INSERT_ORDER = insert(_orders).returning(_orders.c.id, _orders.c.created_at)
+_INSERT_ITEM = insert(_items)
+_INSERT_PAYMENT = insert(_payments)
+_ORDER_BY_KEY = select(_orders.c.id, _orders.c.total, _orders.c.status).where(
+    _orders.c.payment_key == bindparam("key")
+)
+_ITEMS_OF_ORDER = (
+    select(_items.c.product_id, _items.c.quantity)
+    .where(_items.c.order_id == bindparam("order"))
+    .order_by(_items.c.product_id)
+)
+_END_PENDING_ORDER = (
+    update(_orders)
+    .where(_orders.c.id == bindparam("order"), _orders.c.status == "pending")
+    .values(status=bindparam("new_status"), updated_at=bindparam("now"))
+)
+_SETTLE_PAYMENT = (
+    update(_payments)
+    .where(_payments.c.order_id == bindparam("order"))
+    .values(
+        status=bindparam("new_status"),
+        charge_id=bindparam("charge"),
+        decline_code=bindparam("decline"),
+        updated_at=bindparam("now"),
+    )
+)
 
 
 @dataclass(frozen=True)
 class Line:
     product_id: int
     quantity: int
+
+
+@dataclass(frozen=True)
+class PlacedItem:
+    product_id: int
+    quantity: int
+    unit_price: int
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    """An order as checkout wrote it: what the response shows, without reading it back."""
+
+    id: int
+    status: str
+    total: int
+    created_at: datetime
+    items: Sequence[PlacedItem]
 
 
 def merge_lines(lines: Iterable[Line]) -> list[Line]:
@@ -44,92 +122,59 @@ def merge_lines(lines: Iterable[Line]) -> list[Line]:
     return [Line(product_id, quantity) for product_id, quantity in sorted(merged.items())]
 
 
-async def _take_stock(db: AsyncSession, lines: list[Line]) -> list[tuple[Line, int]]:
-    """Take each line's quantity from stock; returns each line with its unit price.
-
-    The hot UPDATEs here and in transfers skip ``synchronize_session``: no Product or Account
-    is loaded in the request's AsyncSession, so there is nothing to synchronize, and working
-    that out cost the ORM more than the statement.
-    """
-    priced: list[tuple[Line, int]] = []
+async def _take_stock(db: AsyncSession, lines: list[Line]) -> list[PlacedItem]:
+    """Take each line's quantity from stock, at the product's price of this moment."""
+    taken: list[PlacedItem] = []
     for line in lines:
         price = (
-            await db.execute(
-                update(Product)
-                .where(Product.id == line.product_id, Product.stock >= line.quantity)
-                .values(stock=Product.stock - line.quantity)
-                .returning(Product.price)
-                .execution_options(synchronize_session=False)
-            )
+            await db.execute(_TAKE_STOCK, {"product": line.product_id, "quantity": line.quantity})
         ).scalar_one_or_none()
         if price is None:
-            exists = await db.scalar(select(Product.id).where(Product.id == line.product_id))
-            if exists is None:
+            if await db.scalar(_PRODUCT, {"product": line.product_id}) is None:
                 raise NotFound(f"Product {line.product_id} not found.")
             raise Conflict(f"Not enough stock for product {line.product_id}.")
-        priced.append((line, int(price)))
-    return priced
+        taken.append(PlacedItem(line.product_id, line.quantity, int(price)))
+    return taken
 
 
 async def _give_back_stock(db: AsyncSession, order_id: int) -> None:
-    items = await db.execute(
-        select(OrderItem.product_id, OrderItem.quantity)
-        .where(OrderItem.order_id == order_id)
-        .order_by(OrderItem.product_id)
-    )
+    items = await db.execute(_ITEMS_OF_ORDER, {"order": order_id})
     for product_id, quantity in items.all():
-        await db.execute(
-            update(Product).where(Product.id == product_id).values(stock=Product.stock + quantity)
-        )
+        await db.execute(_GIVE_BACK_STOCK, {"product": product_id, "quantity": quantity})
 
 
-def _new_order(
-    db: AsyncSession, user_id: int, priced: list[tuple[Line, int]], **fields: object
-) -> Order:
-    order = Order(
-        user_id=user_id, total=sum(line.quantity * price for line, price in priced), **fields
+async def _insert_order(
+    db: AsyncSession, items: list[PlacedItem], *, status: str, **fields: object
+) -> PlacedOrder:
+    total = sum(item.quantity * item.unit_price for item in items)
+    row = (await db.execute(_INSERT_ORDER, {"status": status, "total": total, **fields})).one()
+    await db.execute(
+        _INSERT_ITEM, [{"order_id": row.id, **dataclasses.asdict(item)} for item in items]
     )
-    db.add(order)
-    return order
-
-
-async def _add_items(db: AsyncSession, order: Order, priced: list[tuple[Line, int]]) -> None:
-    await db.flush()
-    items = [
-        OrderItem(
-            order_id=order.id, product_id=line.product_id, quantity=line.quantity, unit_price=price
-        )
-        for line, price in priced
-    ]
-    db.add_all(items)
-    await db.flush()
-    # The order's items are exactly these: no need to read them back.
-    set_committed_value(order, "items", items)
+    return PlacedOrder(row.id, status, total, row.created_at, items)
 
 
 async def checkout_with_account(
     db: AsyncSession, *, user_id: int, lines: list[Line], account_id: int
-) -> Order:
+) -> PlacedOrder:
     """One transaction: stock, debit and the paid order together."""
-    priced = await _take_stock(db, merge_lines(lines))
-    order = _new_order(
-        db, user_id, priced, status="paid", payment_method="account", account_id=account_id
-    )
-    debited = await db.execute(
-        update(Account)
-        .where(Account.id == account_id, Account.user_id == user_id, Account.balance >= order.total)
-        .values(balance=Account.balance - order.total)
-        .execution_options(synchronize_session=False)
-    )
-    if debited.rowcount != 1:  # type: ignore[attr-defined]
-        owned = await db.scalar(
-            select(Account.id).where(Account.id == account_id, Account.user_id == user_id)
-        )
+    items = await _take_stock(db, merge_lines(lines))
+    total = sum(item.quantity * item.unit_price for item in items)
+    debit = {"account": account_id, "user": user_id, "amount": total}
+    if (await db.execute(_DEBIT, debit)).rowcount != 1:  # type: ignore[attr-defined]
+        owned = await db.scalar(_OWNED_ACCOUNT, {"account": account_id, "user": user_id})
         if owned is None:
             raise NotFound(f"Account {account_id} not found.")
         raise PaymentDeclined(f"Insufficient funds in account {account_id}.")
-    await _add_items(db, order, priced)
-    return order
+    return await _insert_order(
+        db,
+        items,
+        status="paid",
+        user_id=user_id,
+        payment_method="account",
+        account_id=account_id,
+        payment_key=None,
+    )
 
 
 async def checkout_with_card(
@@ -140,28 +185,34 @@ async def checkout_with_card(
     lines: list[Line],
     card_number: str,
     payment_key: str | None,
-) -> Order:
+) -> PlacedOrder | Order:
     """Reserve, charge, settle (see the module's docstring). Settling uses ``uow.db``."""
     key = payment_key or f"order_{uuid.uuid4().hex}"
     merged = merge_lines(lines)
 
-    async def reserve(db: AsyncSession) -> Order:
+    async def reserve(db: AsyncSession) -> tuple[int, int, str, PlacedOrder | None]:
         if payment_key is not None:  # a retry of a request that got this far may have run
-            existing = await db.scalar(select(Order).where(Order.payment_key == key))
+            existing = (await db.execute(_ORDER_BY_KEY, {"key": key})).first()
             if existing is not None:
-                return existing
-        priced = await _take_stock(db, merged)
-        order = _new_order(db, user_id, priced, payment_method="card", payment_key=key)
-        await _add_items(db, order, priced)
-        db.add(Payment(gateway_key=key, amount=order.total, order_id=order.id))
-        await db.flush()
-        return order
+                return existing.id, existing.total, existing.status, None
+        placed = await _insert_order(
+            db,
+            await _take_stock(db, merged),
+            status="pending",
+            user_id=user_id,
+            payment_method="card",
+            account_id=None,
+            payment_key=key,
+        )
+        await db.execute(
+            _INSERT_PAYMENT, {"gateway_key": key, "amount": placed.total, "order_id": placed.id}
+        )
+        return placed.id, placed.total, placed.status, placed
 
-    reserved = await uow.run_phase(reserve)
-    order_id, total = reserved.id, reserved.total
-    if reserved.status == "paid":
+    order_id, total, status, placed = await uow.run_phase(reserve)
+    if status == "paid":
         return await get_order(uow.db, user_id=user_id, order_id=order_id)
-    if reserved.status == "failed":
+    if status == "failed":
         raise PaymentDeclined("The card was declined.")
 
     result = await charge_or_find(gateway, amount=total, card_number=card_number, key=key)
@@ -176,12 +227,11 @@ async def checkout_with_card(
     if result.status != "succeeded":
         await uow.run_phase(lambda db: release_order(db, order_id, result))
         raise PaymentDeclined(f"The card was declined ({result.decline_code or 'declined'}).")
-    if not await settle_order(uow.db, order_id, result):
-        # Settled meanwhile by a reconcile run, which found this charge: read what it wrote.
+    if not await settle_order(uow.db, order_id, result) or placed is None:
+        # Settled meanwhile by a reconcile run, or reserved by an earlier attempt: read it.
         return await get_order(uow.db, user_id=user_id, order_id=order_id)
     # The order as reserved, now paid: its items and total are what phase 1 wrote.
-    set_committed_value(reserved, "status", "paid")
-    return reserved
+    return dataclasses.replace(placed, status="paid")
 
 
 class _Outcome(enum.Enum):
@@ -210,38 +260,41 @@ async def charge_or_find(
 
 async def settle_order(db: AsyncSession, order_id: int, result: ChargeResult) -> bool:
     """Mark a pending order paid; False if it was no longer pending."""
+    now = utcnow()
     settled = await db.execute(
-        update(Order)
-        .where(Order.id == order_id, Order.status == "pending")
-        .values(status="paid", updated_at=utcnow())
+        _END_PENDING_ORDER, {"order": order_id, "new_status": "paid", "now": now}
     )
     await db.execute(
-        update(Payment)
-        .where(Payment.order_id == order_id)
-        .values(status="succeeded", charge_id=result.charge_id, updated_at=utcnow())
+        _SETTLE_PAYMENT,
+        {
+            "order": order_id,
+            "new_status": "succeeded",
+            "charge": result.charge_id,
+            "decline": None,
+            "now": now,
+        },
     )
     return bool(settled.rowcount)  # type: ignore[attr-defined]
 
 
 async def release_order(db: AsyncSession, order_id: int, result: ChargeResult | None) -> bool:
     """Mark a pending order failed and give its stock back; False if it was not pending."""
+    now = utcnow()
     released = await db.execute(
-        update(Order)
-        .where(Order.id == order_id, Order.status == "pending")
-        .values(status="failed", updated_at=utcnow())
+        _END_PENDING_ORDER, {"order": order_id, "new_status": "failed", "now": now}
     )
     if not released.rowcount:  # type: ignore[attr-defined]
         return False
     await _give_back_stock(db, order_id)
-    status = "failed" if result is None else "declined"
     await db.execute(
-        update(Payment)
-        .where(Payment.order_id == order_id)
-        .values(
-            status=status,
-            decline_code=result.decline_code if result else None,
-            updated_at=utcnow(),
-        )
+        _SETTLE_PAYMENT,
+        {
+            "order": order_id,
+            "new_status": "failed" if result is None else "declined",
+            "charge": None,
+            "decline": result.decline_code if result else None,
+            "now": now,
+        },
     )
     return True
 
