@@ -9,6 +9,7 @@ from .engine import create_engine
 from .exceptions import (
     AtomicError,
     CommitFailed,
+    ConcurrentChange,
     ConfigurationError,
     ReplayResponse,
     ServiceUnavailable,
@@ -28,6 +29,7 @@ __all__ = [
     "AtomicMiddleware",
     "Backoff",
     "CommitFailed",
+    "ConcurrentChange",
     "ConfigurationError",
     "IdempotencyContext",
     "IdempotencyKeys",

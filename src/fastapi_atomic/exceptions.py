@@ -27,6 +27,15 @@ class TooLate(ConfigurationError):
     """A setting that must come before the first statement came after it."""
 
 
+class ConcurrentChange(AtomicError):
+    """Something the request read changed before it could lock it: re-run the whole request.
+
+    For optimistic checks that a plain SQL error would not signal (a price read without a lock,
+    found different once the row is locked). The unit of work treats it like a serialization
+    failure: the transaction is rolled back and the request re-run, within the same bounds.
+    """
+
+
 class ServiceUnavailable(AtomicError):
     """A backing service (database, session store) did not answer: the client gets a 503.
 

@@ -12,11 +12,15 @@ from dataclasses import dataclass
 
 from sqlalchemy.exc import DBAPIError
 
+from .exceptions import ConcurrentChange
+
 SERIALIZATION_FAILURE = "serialization_failure"
 DEADLOCK = "deadlock"
 DATABASE_LOCKED = "database_locked"
 #: the connection broke before COMMIT: nothing of the transaction can have persisted
 CONNECTION_LOST = "connection_lost"
+#: the application found that something it read changed (:class:`.ConcurrentChange`)
+CONCURRENT_CHANGE = "concurrent_change"
 
 _SQLSTATES = {"40001": SERIALIZATION_FAILURE, "40P01": DEADLOCK}
 _SQLITE_LOCKED = ("database is locked", "database table is locked")
@@ -36,6 +40,8 @@ def retry_reason(exc: BaseException) -> str | None:
 
 
 def _reason_of(exc: BaseException) -> str | None:
+    if isinstance(exc, ConcurrentChange):
+        return CONCURRENT_CHANGE
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return CONNECTION_LOST
     orig = exc.orig if isinstance(exc, DBAPIError) else exc

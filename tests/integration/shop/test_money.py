@@ -7,6 +7,7 @@ most tests take a snapshot first and compare.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from shop_testing import Shopper, client_for
 
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.reconcile import reconcile
+from shop.services import orders
 
 OK_CARD = "4242424242424242"
 DECLINED = "4000000000000002"
@@ -345,18 +347,61 @@ async def test_gateway_timeout_after_the_charge_is_settled_by_reconcile(
     assert again.settled == again.released == []
 
 
-async def test_a_card_order_answers_what_reading_it_back_shows(
-    admin: Shopper, new_shopper: NewShopper
+@pytest.mark.parametrize("method", ["card", "account"])
+async def test_an_order_answers_what_reading_it_back_shows(
+    admin: Shopper, new_shopper: NewShopper, method: str
 ) -> None:
-    # The paid order is answered from what phase 1 wrote, not read back: it must be the same.
+    # A paid order is answered from what checkout wrote, not read back: it must be the same.
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 5)
     cup = await add_product(admin, "cup", 300, 5)
-    created = await order(shopper, [(mug, 2), (cup, 1)], card())
+    if method == "account":
+        assert (await deposit(shopper, 5000)).status_code == 201
+    payment = card() if method == "card" else from_account(shopper)
+    created = await order(shopper, [(cup, 1), (mug, 2), (cup, 1)], payment)
     assert created.status_code == 201
     read_back = await shopper.get(f"/api/orders/{created.json()['id']}")
     assert created.json() == read_back.json()
-    assert created.json()["status"] == "paid" and created.json()["total"] == 2300
+    assert created.json()["status"] == "paid" and created.json()["total"] == 2600
+
+
+@pytest.mark.parametrize("method", ["card", "account"])
+async def test_a_price_that_changed_during_checkout_reruns_it_at_the_new_price(
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    method: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prices are read without a lock and checked again when the stock row is locked. The first
+    # read here is stale (900, as if an admin raised the price right after it): the stock
+    # UPDATE sees 1000, the attempt is rolled back and re-run, and the order costs 2000.
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    assert (await deposit(shopper, 5000)).status_code == 201
+    charged_before = gateway_of(app).total_charged
+    real_price = orders._price
+    reads = 0
+
+    async def stale_first(db: Any, lines: list[orders.Line]) -> list[orders.PlacedItem]:
+        nonlocal reads
+        reads += 1
+        items = await real_price(db, lines)
+        return [dataclasses.replace(i, unit_price=900) for i in items] if reads == 1 else items
+
+    monkeypatch.setattr(orders, "_price", stale_first)
+    payment = card() if method == "card" else from_account(shopper)
+    created = await order(shopper, [(mug, 2)], payment)
+    assert created.status_code == 201, created.text
+    assert reads == 2
+    assert created.json()["total"] == 2000
+    assert [i["unit_price"] for i in created.json()["items"]] == [1000]
+    products = {p["id"]: p for p in (await shopper.get("/api/products")).json()}
+    assert products[mug]["stock"] == 3
+    balance = (await shopper.get("/api/accounts")).json()[0]["balance"]
+    assert balance == (5000 if method == "card" else 3000)
+    assert gateway_of(app).total_charged - charged_before == (2000 if method == "card" else 0)
+    assert [o["id"] for o in (await shopper.get("/api/orders")).json()] == [created.json()["id"]]
 
 
 async def test_reconcile_settling_the_order_while_the_gateway_answers_charges_once(

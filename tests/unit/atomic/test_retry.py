@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from fastapi_atomic import Backoff, retry_reason
+from fastapi_atomic import Backoff, ConcurrentChange, retry_reason
 
 
 class FakePgError(Exception):
@@ -27,6 +27,7 @@ class FakePgError(Exception):
             OperationalError("x", {}, sqlite3.OperationalError("database is locked")),
             "database_locked",
         ),
+        (ConcurrentChange("a price changed"), "concurrent_change"),
         (IntegrityError("x", {}, FakePgError("23505")), None),
         (OperationalError("x", {}, sqlite3.OperationalError("no such table: t")), None),
         (RuntimeError("boom"), None),
