@@ -248,6 +248,8 @@ async def test_order_from_an_account(admin: Shopper, new_shopper: NewShopper) ->
         ("no stock", 409),
         ("no funds", 402),
         ("unknown product", 404),
+        ("someone else's account", 404),
+        ("no such account", 404),
         ("card declined", 402),
         ("card no funds", 402),
         ("gateway failure", 503),
@@ -257,15 +259,20 @@ async def test_failed_orders_leave_everything_as_it_was(
     app: FastAPI, admin: Shopper, new_shopper: NewShopper, case: str, status: int
 ) -> None:
     shopper: Shopper = await new_shopper()
+    other: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 3)
     await deposit(shopper, 1500)
+    await deposit(other, 5000)
     await order(shopper, [(mug, 1)], from_account(shopper))  # one earlier order in the session
     before = await snapshot(shopper)
+    others_before = await snapshot(other)
     charged = gateway_of(app).total_charged
     attempts = {
         "no stock": ([(mug, 3)], card()),
         "no funds": ([(mug, 1)], from_account(shopper)),
         "unknown product": ([(mug, 1), (424242, 1)], card()),
+        "someone else's account": ([(mug, 1)], from_account(other)),
+        "no such account": ([(mug, 1)], {"method": "account", "account_id": 987654}),
         "card declined": ([(mug, 2)], card(DECLINED)),
         "card no funds": ([(mug, 2)], card(NO_FUNDS)),
         "gateway failure": ([(mug, 2)], card(TRANSIENT)),
@@ -277,6 +284,7 @@ async def test_failed_orders_leave_everything_as_it_was(
     response = await order(shopper, items, payment)
     assert response.status_code == status, response.text
     assert await snapshot(shopper) == before
+    assert await snapshot(other) == others_before
     assert gateway_of(app).total_charged == charged
 
 
