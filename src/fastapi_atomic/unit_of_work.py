@@ -166,7 +166,11 @@ class UnitOfWork:
         self._after_commit[-1].append(hook)
 
     def on_rollback(self, hook: Hook) -> None:
-        """Run ``hook`` when the transaction ends without a commit (to undo outside writes)."""
+        """Run ``hook`` when the transaction ends without a commit (to undo outside writes).
+
+        Hooks run latest first, like an undo stack: two writes to one key are undone back to
+        the state before the first.
+        """
         self._on_rollback.append(hook)
 
     def right_after_commit(self, hook: Callable[[], None]) -> None:
@@ -291,7 +295,7 @@ class UnitOfWork:
                 await self._db.rollback()
             except Exception:
                 logger.exception("rollback failed; the connection is discarded")
-        for hook in self._on_rollback:
+        for hook in reversed(self._on_rollback):
             try:
                 await _call(hook)
             except Exception:

@@ -224,6 +224,27 @@ class WebSession(MutableMapping[str, JSON]):
 
     # --- saving (called by the unit of work) ---------------------------------------------
 
+    async def flush(self) -> None:
+        """Write the changes made so far now, in the request's transaction, not at COMMIT.
+
+        For a route that takes its most contended row locks last: with the web session written
+        first, such a lock is held across COMMIT alone. A rollback still undoes what was
+        flushed; later changes are saved at COMMIT as usual. A session this request created,
+        regenerated or invalidated is left for COMMIT, where those are handled together.
+        """
+        self._require_loaded()
+        if self._created or self._invalidated or self._replaced_key is not None:
+            return
+        if self._record is None or self._id is None or not self._changes:
+            return
+        changes, self._changes = self._changes, Changes()
+        changes.touch = self._manager.clock()
+        saved = await self._manager.store.update(
+            store_key(self._id), changes, self._uow, current=self._record
+        )
+        if saved is not None:
+            self._record = saved
+
     async def save(self) -> None:
         if not self._loaded:
             return

@@ -106,6 +106,11 @@ class SessionOrderIds:
     def append(self, order_id: int) -> None:
         self._websession.append("order_ids", order_id)
 
+    async def append_now(self, order_id: int) -> None:
+        """Append and write it at once, before the checkout locks its product rows."""
+        self.append(order_id)
+        await self._websession.flush()
+
 
 async def session_order_ids(websession: WebSessionDep) -> SessionOrderIds:
     return SessionOrderIds(websession)

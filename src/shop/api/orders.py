@@ -30,7 +30,11 @@ async def place_order(
     order: orders.PlacedOrder | Order
     if isinstance(body.payment, AccountPayment):
         order = await orders.checkout_with_account(
-            uow.db, user_id=user.id, lines=lines, account_id=body.payment.account_id
+            uow.db,
+            user_id=user.id,
+            lines=lines,
+            account_id=body.payment.account_id,
+            placed=session_orders.append_now,
         )
     else:
         order = await orders.checkout_with_card(
@@ -41,7 +45,7 @@ async def place_order(
             card_number=body.payment.card_number,
             payment_key=idempotency.external_key("order") if idempotency else None,
         )
-    session_orders.append(order.id)
+        session_orders.append(order.id)
     return OrderOut.model_validate(order)
 
 

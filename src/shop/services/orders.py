@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -172,9 +172,18 @@ async def _insert_order(
 
 
 async def checkout_with_account(
-    db: AsyncSession, *, user_id: int, lines: list[Line], account_id: int
+    db: AsyncSession,
+    *,
+    user_id: int,
+    lines: list[Line],
+    account_id: int,
+    placed: Callable[[int], Awaitable[None]] | None = None,
 ) -> PlacedOrder:
-    """One transaction: debit, the paid order and the stock together (stock last)."""
+    """One transaction: debit, the paid order and the stock together (stock last).
+
+    ``placed`` is called with the order's id before the stock is taken, for writes that
+    belong to the same transaction and should not hold the product rows' locks longer.
+    """
     items = await _price(db, merge_lines(lines))
     total = sum(item.quantity * item.unit_price for item in items)
     debit = {"account": account_id, "user": user_id, "amount": total}
@@ -183,7 +192,7 @@ async def checkout_with_account(
         if owned is None:
             raise NotFound(f"Account {account_id} not found.")
         raise PaymentDeclined(f"Insufficient funds in account {account_id}.")
-    placed = await _insert_order(
+    order = await _insert_order(
         db,
         items,
         status="paid",
@@ -192,8 +201,10 @@ async def checkout_with_account(
         account_id=account_id,
         payment_key=None,
     )
+    if placed is not None:
+        await placed(order.id)
     await _take_stock(db, items)
-    return placed
+    return order
 
 
 async def checkout_with_card(
