@@ -65,7 +65,7 @@ def test_every_dependency_runs_on_the_event_loop() -> None:
     that, under load, costs more than the dependency and fights the event loop for the GIL."""
     app = create_app(Settings(database_url="sqlite+aiosqlite://", secret_keys=["k" * 32]))
     routes = list(_routes(app.router.routes))
-    assert any(route.path == "/orders" for route in routes)
+    assert any(route.path == "/api/orders" for route in routes)
     calls = [d.call for route in routes for d in _dependencies(route.dependant)]
     calls += list(_router_dependencies(app.router.routes))
     offenders = sorted(

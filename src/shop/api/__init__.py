@@ -9,16 +9,22 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from . import accounts, orders, products, session, transfers, users
-from .deps import Csrf
 
 
 def include_api(app: FastAPI) -> None:
-    # Each module's router goes straight onto the app rather than into an /api router first:
-    # FastAPI matches an included router's routes once to pick it and again inside it, so
-    # every level of nesting adds a pass over its routes to every request (measured: ~60 µs
-    # of ~300 µs for an authenticated GET /api/session). The session routes, the hottest,
-    # come first.
-    app.include_router(session.router, prefix="/api")
-    app.include_router(users.router, prefix="/api")
-    for module in (orders, products, accounts, transfers):
-        app.include_router(module.router, prefix="/api", dependencies=[Csrf])
+    """Put the API's routes at the head of the app's own route list, the hottest first.
+
+    Not ``include_router``: FastAPI 0.165 walks every included router, and every entry ahead
+    of the route, on every request. Measured in-process, one route at the head of the shop's
+    list answered in 39 µs, the same route behind its thirteen entries (docs, routers, static
+    files) in 84 µs. The routers carry their full prefix and their CSRF dependency themselves.
+    """
+    routers = (
+        session.router,
+        users.router,
+        orders.router,
+        products.router,
+        accounts.router,
+        transfers.router,
+    )
+    app.router.routes[0:0] = [route for router in routers for route in router.routes]

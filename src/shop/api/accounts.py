@@ -5,10 +5,10 @@ from fastapi import APIRouter, status
 from fastapi_atomic import DB, UoW
 from shop.services import accounts, deposits
 
-from .deps import CurrentUser, Gateway, Idempotent
+from .deps import Csrf, CurrentUser, Gateway, Idempotent
 from .schemas import AccountOut, DepositIn, DepositOut, PathId
 
-router = APIRouter(prefix="/accounts", tags=["accounts"])
+router = APIRouter(prefix="/api/accounts", tags=["accounts"], dependencies=[Csrf])
 
 
 @router.get("")

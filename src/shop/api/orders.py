@@ -7,10 +7,10 @@ from shop.db.models import Order
 from shop.services import orders
 from shop.services.orders import Line
 
-from .deps import CurrentUser, Gateway, Idempotent, SessionOrders
+from .deps import Csrf, CurrentUser, Gateway, Idempotent, SessionOrders
 from .schemas import AccountPayment, OrderIn, OrderOut, PathId
 
-router = APIRouter(prefix="/orders", tags=["orders"])
+router = APIRouter(prefix="/api/orders", tags=["orders"], dependencies=[Csrf])
 
 
 @router.post(

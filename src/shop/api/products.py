@@ -5,10 +5,10 @@ from fastapi import APIRouter, status
 from fastapi_atomic import DB
 from shop.services import catalog
 
-from .deps import AdminUser
+from .deps import AdminUser, Csrf
 from .schemas import PathId, ProductIn, ProductOut, ProductPatch
 
-router = APIRouter(prefix="/products", tags=["products"])
+router = APIRouter(prefix="/api/products", tags=["products"], dependencies=[Csrf])
 
 
 @router.get("")

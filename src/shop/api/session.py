@@ -18,7 +18,7 @@ from shop.services.throttle import LoginThrottle
 from .deps import Csrf, CurrentUser, session_user
 from .schemas import Email, StrictModel
 
-router = APIRouter(tags=["session"])
+router = APIRouter(prefix="/api", tags=["session"])
 
 
 class TooManyAttempts(ShopError):

@@ -5,10 +5,10 @@ from fastapi import APIRouter, status
 from fastapi_atomic import DB
 from shop.services import transfers
 
-from .deps import CurrentUser, Idempotent, TransferIsolation
+from .deps import Csrf, CurrentUser, Idempotent, TransferIsolation
 from .schemas import TransferIn, TransferOut
 
-router = APIRouter(prefix="/transfers", tags=["transfers"])
+router = APIRouter(prefix="/api/transfers", tags=["transfers"], dependencies=[Csrf])
 
 
 @router.post(

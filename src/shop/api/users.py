@@ -7,7 +7,7 @@ from shop.services import accounts
 
 from .schemas import AccountOut, SignUp, UserCreated
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/api/users", tags=["users"])
 
 
 @router.post(
