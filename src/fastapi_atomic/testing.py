@@ -156,6 +156,22 @@ class WebSessionStoreContract:
         await self.run(engine, lambda uow: store.create(fresh, make_record(), uow), commit=False)
         assert await self.run(engine, lambda uow: store.load(fresh, uow)) is None
 
+    async def test_two_writes_rolled_back_together_leave_the_first_state(
+        self, store: WebSessionStore, engine: AsyncEngine
+    ) -> None:
+        """A session flushed mid-request and saved again at COMMIT is written twice in one unit
+        of work; a rollback must undo both, back to what was there before the first."""
+        key = new_key()
+        await self.run(engine, lambda uow: store.create(key, make_record(ids=[0]), uow))
+
+        async def twice(uow: UnitOfWork) -> None:
+            first = await store.update(key, Changes([("append", "ids", 1)]), uow)
+            await store.update(key, Changes([("append", "ids", 2)]), uow, current=first)
+
+        await self.run(engine, twice, commit=False)
+        loaded = await self.run(engine, lambda uow: store.load(key, uow))
+        assert loaded is not None and loaded.data == {"ids": [0]}
+
     async def test_list_and_delete_a_users_sessions(
         self, store: WebSessionStore, engine: AsyncEngine
     ) -> None:
