@@ -79,3 +79,13 @@ def test_every_dependency_runs_on_the_event_loop() -> None:
         }
     )
     assert offenders == []
+
+
+def test_api_routes_lead_the_route_list_session_first() -> None:
+    """FastAPI walks included routers and every earlier entry per request (shop/api): the API's
+    routes must sit at the head of the app's own list, not behind an included router."""
+    app = create_app(Settings(database_url="sqlite+aiosqlite://", secret_keys=["k" * 32]))
+    paths = [getattr(route, "path", type(route).__name__) for route in app.router.routes]
+    api = [index for index, path in enumerate(paths) if str(path).startswith("/api/")]
+    assert paths[0] == "/api/session"
+    assert api == list(range(len(api)))  # nothing else before or between them

@@ -18,6 +18,10 @@ def include_api(app: FastAPI) -> None:
     of the route, on every request. Measured in-process, one route at the head of the shop's
     list answered in 39 µs, the same route behind its thirteen entries (docs, routers, static
     files) in 84 µs. The routers carry their full prefix and their CSRF dependency themselves.
+
+    The price: these routes were built before the app, so ``app.dependency_overrides`` does
+    not reach them. The shop's dependencies take their collaborators (settings, the payment
+    gateway, the idempotency keys) from ``app.state``, which is where tests swap them.
     """
     routers = (
         session.router,
