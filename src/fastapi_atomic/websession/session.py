@@ -237,13 +237,20 @@ class WebSession(MutableMapping[str, JSON]):
             return
         if self._record is None or self._id is None or not self._changes:
             return
+        await self._write_changes(self._manager.clock())
+
+    async def _write_changes(self, now: float) -> bool:
+        """Replay this request's changes on the stored session; False if it is gone."""
+        assert self._record is not None and self._id is not None
         changes, self._changes = self._changes, Changes()
-        changes.touch = self._manager.clock()
+        changes.touch = now
         saved = await self._manager.store.update(
             store_key(self._id), changes, self._uow, current=self._record
         )
-        if saved is not None:
-            self._record = saved
+        if saved is None:
+            return False  # destroyed meanwhile (logout elsewhere): never write it back
+        self._record = saved
+        return True
 
     async def save(self) -> None:
         if not self._loaded:
@@ -268,13 +275,8 @@ class WebSession(MutableMapping[str, JSON]):
             self._cookie_action = "set"
             return
         touch_due = now - self._record.last_seen_at >= self._manager.touch_interval
-        if self._changes or touch_due:
-            self._changes.touch = now
-            saved = await store.update(
-                store_key(self._id), self._changes, self._uow, current=self._record
-            )
-            if saved is None:
-                return  # destroyed meanwhile (logout elsewhere): never write it back
+        if (self._changes or touch_due) and not await self._write_changes(now):
+            return
         if self._resign:
             self._cookie_action = "set"
 
