@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Row, bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -160,10 +161,14 @@ async def _give_back_stock(db: AsyncSession, order_id: int) -> None:
         await db.execute(_GIVE_BACK_STOCK, {"product": product_id, "quantity": quantity})
 
 
+def _total(items: Iterable[PlacedItem]) -> int:
+    return sum(item.quantity * item.unit_price for item in items)
+
+
 async def _insert_order(
     db: AsyncSession, items: list[PlacedItem], *, status: str, **fields: object
 ) -> PlacedOrder:
-    total = sum(item.quantity * item.unit_price for item in items)
+    total = _total(items)
     row = (await db.execute(_INSERT_ORDER, {"status": status, "total": total, **fields})).one()
     await db.execute(
         _INSERT_ITEM, [{"order_id": row.id, **dataclasses.asdict(item)} for item in items]
@@ -185,8 +190,7 @@ async def checkout_with_account(
     belong to the same transaction and should not hold the product rows' locks longer.
     """
     items = await _price(db, merge_lines(lines))
-    total = sum(item.quantity * item.unit_price for item in items)
-    debit = {"account": account_id, "user": user_id, "amount": total}
+    debit = {"account": account_id, "user": user_id, "amount": _total(items)}
     if (await db.execute(_DEBIT, debit)).rowcount != 1:  # type: ignore[attr-defined]
         owned = await db.scalar(_OWNED_ACCOUNT, {"account": account_id, "user": user_id})
         if owned is None:
@@ -220,11 +224,12 @@ async def checkout_with_card(
     key = payment_key or f"order_{uuid.uuid4().hex}"
     merged = merge_lines(lines)
 
-    async def reserve(db: AsyncSession) -> tuple[int, int, str, PlacedOrder | None]:
+    async def reserve(db: AsyncSession) -> PlacedOrder | Row[Any, Any, Any]:
+        """The order reserved now, or (id, total, status) of one an earlier attempt left."""
         if payment_key is not None:  # a retry of a request that got this far may have run
             existing = (await db.execute(_ORDER_BY_KEY, {"key": key})).first()
             if existing is not None:
-                return existing.id, existing.total, existing.status, None
+                return existing
         items = await _price(db, merged)
         placed = await _insert_order(
             db,
@@ -239,12 +244,13 @@ async def checkout_with_card(
             _INSERT_PAYMENT, {"gateway_key": key, "amount": placed.total, "order_id": placed.id}
         )
         await _take_stock(db, items)
-        return placed.id, placed.total, placed.status, placed
+        return placed
 
-    order_id, total, status, placed = await uow.run_phase(reserve)
-    if status == "paid":
+    reserved = await uow.run_phase(reserve)
+    order_id, total = reserved.id, reserved.total
+    if reserved.status == "paid":
         return await get_order(uow.db, user_id=user_id, order_id=order_id)
-    if status == "failed":
+    if reserved.status == "failed":
         raise PaymentDeclined("The card was declined.")
 
     result = await charge_or_find(gateway, amount=total, card_number=card_number, key=key)
@@ -259,11 +265,12 @@ async def checkout_with_card(
     if result.status != "succeeded":
         await uow.run_phase(lambda db: release_order(db, order_id, result))
         raise PaymentDeclined(f"The card was declined ({result.decline_code or 'declined'}).")
-    if not await settle_order(uow.db, order_id, result) or placed is None:
+    settled = await settle_order(uow.db, order_id, result)
+    if not settled or not isinstance(reserved, PlacedOrder):
         # Settled meanwhile by a reconcile run, or reserved by an earlier attempt: read it.
         return await get_order(uow.db, user_id=user_id, order_id=order_id)
     # The order as reserved, now paid: its items and total are what phase 1 wrote.
-    return dataclasses.replace(placed, status="paid")
+    return dataclasses.replace(reserved, status="paid")
 
 
 class _Outcome(enum.Enum):
