@@ -308,7 +308,7 @@ async def _python_load(url: str, load: Load, connections: int, duration: float) 
 @dataclass
 class Scenario:
     name: str
-    app: str  # "floor", "shop", "popular", "starsessions"
+    app: str  # "floor", "shop", "popular", "starsessions", "bare"
     load: Callable[[str, str, int], Load]  # server URL, database URL, customers: what to send
     database: str | None = None  # "postgres" | "sqlite"
     store: str | None = None
@@ -619,6 +619,19 @@ def scenarios() -> list[Scenario]:
             health="/docs",
         )
     )
+    for payment, what in (("account", "account checkout"), ("card", "card checkout (50 ms)")):
+        list_.append(
+            Scenario(
+                f"ceiling: {what}, its bare statements on raw asyncpg, on postgres",
+                "bare",
+                bare_checkout(payment),
+                "postgres",
+                needs=("postgres",),
+                connection_counts=(1, 16, 64),
+                invariants=shop_invariants,
+                health="/docs",
+            )
+        )
     return list_
 
 
@@ -640,6 +653,22 @@ def popular_checkout(url: str, database_url: str, users: int) -> Load:
         '"payment": {"method": "account", "account_id": {account}}}'
     )
     return Load("POST", "/api/orders", body=body, sessions=sessions, products=products)
+
+
+def bare_checkout(payment: str) -> Callable[[str, str, int], Load]:
+    """The shop's checkout load, its customers and products made by a shop server on the same
+    database (the bare app has no sign-up or log-in of its own)."""
+
+    def make(url: str, database_url: str, users: int) -> Load:
+        workdir = Path(tempfile.mkdtemp(prefix="bench-bare-"))
+        shop = Server("shop.app:create_app", shop_env(database_url, "sql", {}), True, workdir)
+        try:
+            shop.wait("/healthz")
+            return checkout_load(payment)(shop.url, database_url, users)
+        finally:
+            shop.stop()
+
+    return make
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -684,6 +713,9 @@ def run_scenario(
     elif scenario.app == "popular":
         env = {"BENCH_DATABASE_URL": database_url, "BENCH_SECRET": SECRET}
         server = Server("bench.baselines.popular:app", env, False, workdir)
+    elif scenario.app == "bare":
+        env = {"BENCH_DATABASE_URL": database_url}
+        server = Server("bench.baselines.bare:app", env, False, workdir)
     elif scenario.app == "starsessions":
         env = {"BENCH_REDIS_URL": REDIS_URL}
         server = Server("bench.baselines.starsessions_app:app", env, False, workdir)

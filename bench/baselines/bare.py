@@ -1,0 +1,158 @@
+"""The ceiling: the shop's checkout as its bare statements on raw asyncpg.
+
+The same round trips, in the same order, on the same tables, as the shop's checkout. Paid from
+an account: the web session read (autocommit), BEGIN, prices, debit, order, item, the web
+session's compare-and-set (with the order id appended), stock, COMMIT. Paid by card: the web
+session read; BEGIN, prices, pending order, item, pending payment, stock, COMMIT; the gateway's
+50 ms (a sleep); BEGIN, order paid, payment succeeded, the web session, COMMIT.
+
+Nothing else: no validation beyond what the statements need, no CSRF check, no signature check
+on the cookie, no ORM, no unit of work, no idempotency, no retries, no failure paths. What this
+reaches is what any library doing that work in this FastAPI + uvicorn stack could reach at
+most; the shop's distance from it is our own cost.
+
+Environment: BENCH_DATABASE_URL (postgresql+asyncpg://…, the shop's URL, with its bench data).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+from fastapi import FastAPI, Request, Response
+
+DSN = os.environ.get("BENCH_DATABASE_URL", "").replace("postgresql+asyncpg", "postgresql")
+IDLE_TIMEOUT = 1800.0
+
+SESSION = "SELECT record FROM web_sessions WHERE key = $1"
+PRICES = "SELECT id, price FROM products WHERE id = ANY($1::int[])"
+DEBIT = (
+    "UPDATE accounts SET balance = balance - $3 WHERE id = $1 AND user_id = $2 AND balance >= $3"
+)
+ORDER = (
+    "INSERT INTO orders (user_id, status, total, payment_method, account_id, created_at, "
+    "updated_at) VALUES ($1, 'paid', $2, 'account', $3, now(), now()) RETURNING id, created_at"
+)
+ITEM = (
+    "INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES ($1, $2, $3, $4)"
+)
+SAVE_SESSION = (
+    "UPDATE web_sessions SET version = $3, record = $4, expires_at = $5 "
+    "WHERE key = $1 AND version = $2"
+)
+STOCK = "UPDATE products SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING price"
+PENDING_ORDER = (
+    "INSERT INTO orders (user_id, status, total, payment_method, payment_key, created_at, "
+    "updated_at) VALUES ($1, 'pending', $2, 'card', $3, now(), now()) RETURNING id, created_at"
+)
+PENDING_PAYMENT = (
+    "INSERT INTO payments (gateway_key, amount, status, order_id, created_at, updated_at) "
+    "VALUES ($1, $2, 'pending', $3, now(), now())"
+)
+ORDER_PAID = (
+    "UPDATE orders SET status = 'paid', updated_at = now() WHERE id = $1 AND status = 'pending'"
+)
+PAYMENT_SUCCEEDED = (
+    "UPDATE payments SET status = 'succeeded', charge_id = $2, updated_at = now() "
+    "WHERE order_id = $1"
+)
+GATEWAY_LATENCY = float(os.environ.get("BENCH_GATEWAY_LATENCY_MS", "50")) / 1000
+
+pool: Any = None
+
+
+@asynccontextmanager
+async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    global pool
+    pool = await asyncpg.create_pool(DSN, min_size=20, max_size=20)
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+app = FastAPI(lifespan=lifespan)
+
+
+def _error(status: int, detail: str) -> Response:
+    return Response(json.dumps({"detail": detail}), status, media_type="application/json")
+
+
+async def _append_order_id(
+    connection: Any, key: str, record: dict[str, Any], order_id: int
+) -> None:
+    while True:  # compare-and-set, as the shop's store: re-read if another request won
+        version = record["version"]
+        record["data"]["order_ids"] = [*record["data"].get("order_ids", []), order_id]
+        record["version"] = version + 1
+        expires_at = record["last_seen_at"] + IDLE_TIMEOUT
+        saved = await connection.execute(
+            SAVE_SESSION, key, version, version + 1, json.dumps(record), expires_at
+        )
+        if saved == "UPDATE 1":
+            return
+        record = json.loads(await connection.fetchval(SESSION, key))
+
+
+@app.post("/api/orders", status_code=201)
+async def checkout(request: Request) -> Response:
+    cookie = request.cookies.get("shop_session", "")
+    key = hashlib.sha256(cookie.partition(".")[0].encode()).hexdigest()
+    body = json.loads(await request.body())
+    (item,) = body["items"]
+    product_id, quantity = int(item["product_id"]), int(item["quantity"])
+    async with pool.acquire() as connection:
+        text = await connection.fetchval(SESSION, key)
+    if text is None:
+        return _error(401, "Not logged in.")
+    record = json.loads(text)
+    user_id = int(record["user_id"])
+    if body["payment"]["method"] == "card":
+        return await _by_card(key, record, user_id, product_id, quantity)
+    account_id = int(body["payment"]["account_id"])
+    async with pool.acquire() as connection, connection.transaction():
+        prices = dict(await connection.fetch(PRICES, [product_id]))
+        if product_id not in prices:
+            return _error(404, "No such product.")
+        total = prices[product_id] * quantity
+        if await connection.execute(DEBIT, account_id, user_id, total) != "UPDATE 1":
+            return _error(402, "Insufficient funds.")
+        order_id, _created_at = await connection.fetchrow(ORDER, user_id, total, account_id)
+        await connection.execute(ITEM, order_id, product_id, quantity, prices[product_id])
+        await _append_order_id(connection, key, record, order_id)
+        if await connection.fetchval(STOCK, product_id, quantity) is None:
+            raise RuntimeError("no stock")  # rolls back
+    payload = {"id": order_id, "status": "paid", "total": total}
+    return Response(json.dumps(payload), 201, media_type="application/json")
+
+
+async def _by_card(
+    key: str, record: dict[str, Any], user_id: int, product_id: int, quantity: int
+) -> Response:
+    payment_key = f"order_{uuid.uuid4().hex}"
+    async with pool.acquire() as connection, connection.transaction():
+        prices = dict(await connection.fetch(PRICES, [product_id]))
+        if product_id not in prices:
+            return _error(404, "No such product.")
+        total = prices[product_id] * quantity
+        order_id, _created_at = await connection.fetchrow(
+            PENDING_ORDER, user_id, total, payment_key
+        )
+        await connection.execute(ITEM, order_id, product_id, quantity, prices[product_id])
+        await connection.execute(PENDING_PAYMENT, payment_key, total, order_id)
+        if await connection.fetchval(STOCK, product_id, quantity) is None:
+            raise RuntimeError("no stock")  # rolls back
+    await asyncio.sleep(GATEWAY_LATENCY)  # the gateway charges the card
+    async with pool.acquire() as connection, connection.transaction():
+        await connection.execute(ORDER_PAID, order_id)
+        await connection.execute(PAYMENT_SUCCEEDED, order_id, f"ch_{uuid.uuid4().hex}")
+        await _append_order_id(connection, key, record, order_id)
+    payload = {"id": order_id, "status": "paid", "total": total}
+    return Response(json.dumps(payload), 201, media_type="application/json")
