@@ -112,8 +112,7 @@ class RedisStore(StoreTimeouts):
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         if self.cache is None:
             return await self._get(key)
-        raw = await self.cache.read_through(key, lambda: self._read(key))
-        return SessionRecord.from_json(raw) if raw is not None else None
+        return await self.cache.read_record(key, lambda: self._read(key))
 
     async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
         if await self._swap(key, None, record) != 1:

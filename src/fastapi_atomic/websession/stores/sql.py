@@ -116,7 +116,9 @@ class SqlStore(StoreTimeouts):
                 found: str | None = await connection.scalar(self._select, {"key": key})
                 return found
 
-        found = await (self.cache.read_through(key, read) if self.cache is not None else read())
+        if self.cache is not None:
+            return await self.cache.read_record(key, read)
+        found = await read()
         return SessionRecord.from_json(found) if found is not None else None
 
     def _evict(self, uow: UnitOfWork, key: str) -> None:
