@@ -619,14 +619,22 @@ def scenarios() -> list[Scenario]:
             health="/docs",
         )
     )
-    for payment, what in (("account", "account checkout"), ("card", "card checkout (50 ms)")):
+    one_statement = {"BENCH_BARE_ONE_STATEMENT": "1"}
+    for kind, what, env in (
+        ("transfer", "transfer, its bare statements", {}),
+        ("transfer", "transfer as one statement", one_statement),
+        ("account", "account checkout, its bare statements", {}),
+        ("account", "account checkout as one statement", one_statement),
+        ("card", "card checkout (gateway 50 ms), its bare statements", {}),
+    ):
         list_.append(
             Scenario(
-                f"ceiling: {what}, its bare statements on raw asyncpg, on postgres",
+                f"ceiling: {what} on raw asyncpg, on postgres",
                 "bare",
-                bare_checkout(payment),
+                bare_load(kind),
                 "postgres",
                 needs=("postgres",),
+                env=env,
                 connection_counts=(1, 16, 64),
                 invariants=shop_invariants,
                 health="/docs",
@@ -655,16 +663,17 @@ def popular_checkout(url: str, database_url: str, users: int) -> Load:
     return Load("POST", "/api/orders", body=body, sessions=sessions, products=products)
 
 
-def bare_checkout(payment: str) -> Callable[[str, str, int], Load]:
-    """The shop's checkout load, its customers and products made by a shop server on the same
-    database (the bare app has no sign-up or log-in of its own)."""
+def bare_load(kind: str) -> Callable[[str, str, int], Load]:
+    """The shop's transfer or checkout load, its customers (and products) made by a shop server
+    on the same database (the bare app has no sign-up or log-in of its own)."""
 
     def make(url: str, database_url: str, users: int) -> Load:
         workdir = Path(tempfile.mkdtemp(prefix="bench-bare-"))
         shop = Server("shop.app:create_app", shop_env(database_url, "sql", {}), True, workdir)
         try:
             shop.wait("/healthz")
-            return checkout_load(payment)(shop.url, database_url, users)
+            make_load = transfer_load if kind == "transfer" else checkout_load(kind)
+            return make_load(shop.url, database_url, users)
         finally:
             shop.stop()
 
@@ -714,7 +723,7 @@ def run_scenario(
         env = {"BENCH_DATABASE_URL": database_url, "BENCH_SECRET": SECRET}
         server = Server("bench.baselines.popular:app", env, False, workdir)
     elif scenario.app == "bare":
-        env = {"BENCH_DATABASE_URL": database_url}
+        env = {"BENCH_DATABASE_URL": database_url, **scenario.env}
         server = Server("bench.baselines.bare:app", env, False, workdir)
     elif scenario.app == "starsessions":
         env = {"BENCH_REDIS_URL": REDIS_URL}

@@ -1,10 +1,15 @@
-"""The ceiling: the shop's checkout as its bare statements on raw asyncpg.
+"""The ceiling: the shop's checkout and transfer as their bare statements on raw asyncpg.
 
 The same round trips, in the same order, on the same tables, as the shop's checkout. Paid from
 an account: the web session read (autocommit), BEGIN, prices, debit, order, item, the web
 session's compare-and-set (with the order id appended), stock, COMMIT. Paid by card: the web
 session read; BEGIN, prices, pending order, item, pending payment, stock, COMMIT; the gateway's
-50 ms (a sleep); BEGIN, order paid, payment succeeded, the web session, COMMIT.
+50 ms (a sleep); BEGIN, order paid, payment succeeded, the web session, COMMIT. With
+BENCH_BARE_ONE_STATEMENT=1 the account checkout is one statement after the session read.
+
+A transfer: BEGIN, both accounts locked in id order, debit, credit, the transfer's record,
+COMMIT (the session read once per session, as the shop's cache answers it); or, with
+BENCH_BARE_ONE_STATEMENT=1, one statement.
 
 Nothing else: no validation beyond what the statements need, no CSRF check, no signature check
 on the cookie, no ORM, no unit of work, no idempotency, no retries, no failure paths. What this
@@ -63,6 +68,65 @@ PAYMENT_SUCCEEDED = (
     "UPDATE payments SET status = 'succeeded', charge_id = $2, updated_at = now() "
     "WHERE order_id = $1"
 )
+#: The whole account checkout as one statement, atomic on its own (no BEGIN, no COMMIT): the
+#: fewest round trips any design that keeps the web session in the database could make. The
+#: last line divides by zero, failing the statement, if the debit happened but not the stock.
+ONE_STATEMENT = """
+WITH price AS (
+    SELECT price FROM products WHERE id = $1
+), debit AS (
+    UPDATE accounts SET balance = balance - (SELECT price FROM price) * $2
+    WHERE id = $3 AND user_id = $4 AND balance >= (SELECT price FROM price) * $2
+    RETURNING id
+), stock AS (
+    UPDATE products SET stock = stock - $2
+    WHERE id = $1 AND stock >= $2 AND EXISTS (SELECT 1 FROM debit)
+    RETURNING price
+), new_order AS (
+    INSERT INTO orders (user_id, status, total, payment_method, account_id, created_at,
+                        updated_at)
+    SELECT $4, 'paid', price * $2, 'account', $3, now(), now() FROM stock
+    RETURNING id, total
+), item AS (
+    INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+    SELECT new_order.id, $1, $2, stock.price FROM new_order, stock
+), saved_session AS (
+    UPDATE web_sessions SET version = version + 1, record = jsonb_set(jsonb_set(
+        record::jsonb, '{data,order_ids}',
+        COALESCE(record::jsonb #> '{data,order_ids}', '[]'::jsonb) || to_jsonb(new_order.id)),
+        '{version}', to_jsonb(version + 1))::text
+    FROM new_order WHERE key = $5
+)
+SELECT (SELECT id FROM new_order) AS id, (SELECT total FROM new_order) AS total,
+       (SELECT count(*) FROM debit) / (SELECT count(*) FROM stock) AS all_or_nothing
+"""
+OWNERS_LOCKED = "SELECT id, user_id FROM accounts WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE"
+TRANSFER_DEBIT = "UPDATE accounts SET balance = balance - $2 WHERE id = $1 AND balance >= $2"
+TRANSFER_CREDIT = "UPDATE accounts SET balance = balance + $2 WHERE id = $1"
+TRANSFER_RECORD = (
+    "INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) "
+    "VALUES ($1, $2, $3, now()) RETURNING id, from_account_id, to_account_id, amount, created_at"
+)
+#: A transfer as one statement: both rows locked in id order, both moved, the record written.
+#: The last line divides by zero, failing the statement, if only one balance moved.
+TRANSFER_ONE_STATEMENT = """
+WITH locked AS (
+    SELECT id, user_id FROM accounts WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE
+), moved AS (
+    UPDATE accounts a SET balance = a.balance + CASE WHEN a.id = $2 THEN -$4 ELSE $4 END
+    FROM locked
+    WHERE a.id = locked.id AND (SELECT count(*) FROM locked) = 2
+      AND EXISTS (SELECT 1 FROM locked WHERE id = $2 AND user_id = $5)
+      AND (a.id <> $2 OR a.balance >= $4)
+    RETURNING a.id
+), recorded AS (
+    INSERT INTO transfers (from_account_id, to_account_id, amount, created_at)
+    SELECT $2, $3, $4, now() WHERE (SELECT count(*) FROM moved) = 2
+    RETURNING id
+)
+SELECT (SELECT id FROM recorded) AS id, 1 / ((SELECT count(*) FROM moved) - 1) AS all_or_nothing
+"""
+ONE_STATEMENT_MODE = os.environ.get("BENCH_BARE_ONE_STATEMENT") == "1"
 GATEWAY_LATENCY = float(os.environ.get("BENCH_GATEWAY_LATENCY_MS", "50")) / 1000
 
 pool: Any = None
@@ -117,6 +181,16 @@ async def checkout(request: Request) -> Response:
     if body["payment"]["method"] == "card":
         return await _by_card(key, record, user_id, product_id, quantity)
     account_id = int(body["payment"]["account_id"])
+    if ONE_STATEMENT_MODE:
+        try:
+            async with pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    ONE_STATEMENT, product_id, quantity, account_id, user_id, key
+                )
+        except asyncpg.DivisionByZeroError:
+            return _error(409, "No stock or no money.")
+        payload = {"id": row["id"], "status": "paid", "total": row["total"]}
+        return Response(json.dumps(payload), 201, media_type="application/json")
     async with pool.acquire() as connection, connection.transaction():
         prices = dict(await connection.fetch(PRICES, [product_id]))
         if product_id not in prices:
@@ -130,6 +204,50 @@ async def checkout(request: Request) -> Response:
         if await connection.fetchval(STOCK, product_id, quantity) is None:
             raise RuntimeError("no stock")  # rolls back
     payload = {"id": order_id, "status": "paid", "total": total}
+    return Response(json.dumps(payload), 201, media_type="application/json")
+
+
+#: session key -> user id: a transfer does not change the web session, so the shop answers its
+#: session read from its cache; the ceiling reads each session once too
+_users: dict[str, int] = {}
+
+
+@app.post("/api/transfers", status_code=201)
+async def transfer(request: Request) -> Response:
+    cookie = request.cookies.get("shop_session", "")
+    key = hashlib.sha256(cookie.partition(".")[0].encode()).hexdigest()
+    body = json.loads(await request.body())
+    source, target = int(body["from_account_id"]), int(body["to_account_id"])
+    amount = int(body["amount"])
+    if key not in _users:
+        async with pool.acquire() as connection:
+            text = await connection.fetchval(SESSION, key)
+        if text is None:
+            return _error(401, "Not logged in.")
+        _users[key] = int(json.loads(text)["user_id"])
+    user_id = _users[key]
+    ids = sorted((source, target))
+    if ONE_STATEMENT_MODE:
+        try:
+            async with pool.acquire() as connection:
+                row = await connection.fetchrow(
+                    TRANSFER_ONE_STATEMENT, ids, source, target, amount, user_id
+                )
+        except asyncpg.DivisionByZeroError:
+            return _error(409, "Insufficient funds.")
+        if row["id"] is None:
+            return _error(404, "No such account.")
+        payload = {"id": row["id"], "amount": amount}
+        return Response(json.dumps(payload), 201, media_type="application/json")
+    async with pool.acquire() as connection, connection.transaction():
+        owners = dict(await connection.fetch(OWNERS_LOCKED, ids))
+        if owners.get(source) != user_id or target not in owners:
+            return _error(404, "No such account.")
+        if await connection.execute(TRANSFER_DEBIT, source, amount) != "UPDATE 1":
+            return _error(409, "Insufficient funds.")
+        await connection.execute(TRANSFER_CREDIT, target, amount)
+        row = await connection.fetchrow(TRANSFER_RECORD, source, target, amount)
+    payload = {"id": row["id"], "amount": amount, "created_at": row["created_at"].isoformat()}
     return Response(json.dumps(payload), 201, media_type="application/json")
 
 
