@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import event
 from shop_testing import Shopper, client_for
 
 from shop.payments import FakeGateway, GatewayTimeout
@@ -302,6 +303,44 @@ async def test_card_order(app: FastAPI, admin: Shopper, new_shopper: NewShopper)
     assert response.json()["status"] == "paid"
     assert gateway_of(app).total_charged == 2400
     assert (await shopper.get("/api/session")).json()["order_ids"] == [response.json()["id"]]
+
+
+async def test_no_database_connection_is_held_while_the_card_is_charged(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow gateway must not hold the pool: 64 buyers waiting on it would starve everyone."""
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1200, 4)
+    engine = app.state.engine.sync_engine
+    checked_out = 0
+
+    def on_checkout(*_args: object) -> None:
+        nonlocal checked_out
+        checked_out += 1
+
+    def on_checkin(*_args: object) -> None:
+        nonlocal checked_out
+        checked_out -= 1
+
+    event.listen(engine, "checkout", on_checkout)
+    event.listen(engine, "checkin", on_checkin)
+    gateway = gateway_of(app)
+    charge = gateway.charge
+    held_during_charge: list[int] = []
+
+    async def observed_charge(**kwargs: Any) -> Any:
+        held_during_charge.append(checked_out)
+        return await charge(**kwargs)
+
+    monkeypatch.setattr(gateway, "charge", observed_charge)
+    try:
+        response = await order(shopper, [(mug, 1)], card())
+    finally:
+        event.remove(engine, "checkout", on_checkout)
+        event.remove(engine, "checkin", on_checkin)
+    assert response.status_code == 201, response.text
+    assert held_during_charge == [0]
+    assert checked_out == 0
 
 
 async def test_orders_belong_to_their_user(admin: Shopper, new_shopper: NewShopper) -> None:
