@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import event
 from shop_testing import Shopper, client_for
+from sqlalchemy import event
 
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.reconcile import reconcile
