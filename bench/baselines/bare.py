@@ -149,6 +149,21 @@ def _error(status: int, detail: str) -> Response:
     return Response(json.dumps({"detail": detail}), status, media_type="application/json")
 
 
+async def _one_statement(statement: str, *args: Any) -> Any:
+    """The row of a one-statement write; None when its all-or-nothing guard failed it."""
+    try:
+        async with pool.acquire() as connection:
+            return await connection.fetchrow(statement, *args)
+    except asyncpg.DivisionByZeroError:
+        return None
+
+
+def _session_key(request: Request) -> str:
+    """The store key of the request's session (its signature is not checked here)."""
+    cookie = request.cookies.get("shop_session", "")
+    return hashlib.sha256(cookie.partition(".")[0].encode()).hexdigest()
+
+
 async def _append_order_id(
     connection: Any, key: str, record: dict[str, Any], order_id: int
 ) -> None:
@@ -167,8 +182,7 @@ async def _append_order_id(
 
 @app.post("/api/orders", status_code=201)
 async def checkout(request: Request) -> Response:
-    cookie = request.cookies.get("shop_session", "")
-    key = hashlib.sha256(cookie.partition(".")[0].encode()).hexdigest()
+    key = _session_key(request)
     body = json.loads(await request.body())
     (item,) = body["items"]
     product_id, quantity = int(item["product_id"]), int(item["quantity"])
@@ -182,12 +196,8 @@ async def checkout(request: Request) -> Response:
         return await _by_card(key, record, user_id, product_id, quantity)
     account_id = int(body["payment"]["account_id"])
     if ONE_STATEMENT_MODE:
-        try:
-            async with pool.acquire() as connection:
-                row = await connection.fetchrow(
-                    ONE_STATEMENT, product_id, quantity, account_id, user_id, key
-                )
-        except asyncpg.DivisionByZeroError:
+        row = await _one_statement(ONE_STATEMENT, product_id, quantity, account_id, user_id, key)
+        if row is None:
             return _error(409, "No stock or no money.")
         payload = {"id": row["id"], "status": "paid", "total": row["total"]}
         return Response(json.dumps(payload), 201, media_type="application/json")
@@ -214,8 +224,7 @@ _users: dict[str, int] = {}
 
 @app.post("/api/transfers", status_code=201)
 async def transfer(request: Request) -> Response:
-    cookie = request.cookies.get("shop_session", "")
-    key = hashlib.sha256(cookie.partition(".")[0].encode()).hexdigest()
+    key = _session_key(request)
     body = json.loads(await request.body())
     source, target = int(body["from_account_id"]), int(body["to_account_id"])
     amount = int(body["amount"])
@@ -228,12 +237,8 @@ async def transfer(request: Request) -> Response:
     user_id = _users[key]
     ids = sorted((source, target))
     if ONE_STATEMENT_MODE:
-        try:
-            async with pool.acquire() as connection:
-                row = await connection.fetchrow(
-                    TRANSFER_ONE_STATEMENT, ids, source, target, amount, user_id
-                )
-        except asyncpg.DivisionByZeroError:
+        row = await _one_statement(TRANSFER_ONE_STATEMENT, ids, source, target, amount, user_id)
+        if row is None:
             return _error(409, "Insufficient funds.")
         if row["id"] is None:
             return _error(404, "No such account.")

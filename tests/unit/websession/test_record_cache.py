@@ -79,25 +79,27 @@ RECORD = SessionRecord(
 )
 
 
-async def test_read_record_reads_once_then_serves_from_memory(cache: RecordCache) -> None:
-    reads = 0
+class Store:
+    """Reads RECORD, counting."""
 
-    async def read() -> str:
-        nonlocal reads
-        reads += 1
+    def __init__(self) -> None:
+        self.reads = 0
+
+    async def read(self) -> str:
+        self.reads += 1
         return RECORD.to_json()
 
-    assert await cache.read_record("k", read) == RECORD
-    assert await cache.read_record("k", read) == RECORD
-    assert reads == 1 and (cache.hits, cache.misses) == (1, 1)
+
+async def test_read_record_reads_once_then_serves_from_memory(cache: RecordCache) -> None:
+    store = Store()
+    assert await cache.read_record("k", store.read) == RECORD
+    assert await cache.read_record("k", store.read) == RECORD
+    assert store.reads == 1 and (cache.hits, cache.misses) == (1, 1)
 
 
 async def test_each_read_gets_a_record_of_its_own(cache: RecordCache) -> None:
     """A request that changes a value in place (a list it appends to) changes its own copy."""
-
-    async def read() -> str:
-        return RECORD.to_json()
-
+    read = Store().read
     first = await cache.read_record("k", read)
     assert first is not None
     first.data["order_ids"].append(8)
@@ -119,13 +121,7 @@ async def test_read_record_never_caches_a_missing_record(cache: RecordCache) -> 
 
 async def test_read_record_reads_the_store_while_the_feed_is_down(cache: RecordCache) -> None:
     cache.go_dark()
-    reads = 0
-
-    async def read() -> str:
-        nonlocal reads
-        reads += 1
-        return RECORD.to_json()
-
-    assert await cache.read_record("k", read) == RECORD
-    assert await cache.read_record("k", read) == RECORD
-    assert reads == 2 and len(cache) == 0
+    store = Store()
+    assert await cache.read_record("k", store.read) == RECORD
+    assert await cache.read_record("k", store.read) == RECORD
+    assert store.reads == 2 and len(cache) == 0
