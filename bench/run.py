@@ -626,6 +626,7 @@ def scenarios() -> list[Scenario]:
         ("account", "account checkout, its bare statements", {}),
         ("account", "account checkout as one statement", one_statement),
         ("card", "card checkout (gateway 50 ms), its bare statements", {}),
+        ("card", "card checkout (gateway 50 ms), one statement a phase", one_statement),
     ):
         list_.append(
             Scenario(
