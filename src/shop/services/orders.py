@@ -300,42 +300,52 @@ async def charge_or_find(
 async def settle_order(db: AsyncSession, order_id: int, result: ChargeResult) -> bool:
     """Mark a pending order paid; False if it was no longer pending."""
     now = utcnow()
-    settled = await db.execute(
-        _END_PENDING_ORDER, {"order": order_id, "new_status": "paid", "now": now}
-    )
-    await db.execute(
-        _SETTLE_PAYMENT,
-        {
-            "order": order_id,
-            "new_status": "succeeded",
-            "charge": result.charge_id,
-            "decline": None,
-            "now": now,
-        },
-    )
-    return bool(settled.rowcount)  # type: ignore[attr-defined]
+    settled = await _end_pending_order(db, order_id, "paid", now)
+    await _end_payment(db, order_id, "succeeded", now, charge_id=result.charge_id)
+    return settled
 
 
 async def release_order(db: AsyncSession, order_id: int, result: ChargeResult | None) -> bool:
     """Mark a pending order failed and give its stock back; False if it was not pending."""
     now = utcnow()
-    released = await db.execute(
-        _END_PENDING_ORDER, {"order": order_id, "new_status": "failed", "now": now}
-    )
-    if not released.rowcount:  # type: ignore[attr-defined]
+    if not await _end_pending_order(db, order_id, "failed", now):
         return False
     await _give_back_stock(db, order_id)
+    if result is None:
+        await _end_payment(db, order_id, "failed", now)
+    else:
+        await _end_payment(db, order_id, "declined", now, decline_code=result.decline_code)
+    return True
+
+
+async def _end_pending_order(db: AsyncSession, order_id: int, status: str, now: datetime) -> bool:
+    """Move a pending order to ``status``; False if it was no longer pending."""
+    ended = await db.execute(
+        _END_PENDING_ORDER, {"order": order_id, "new_status": status, "now": now}
+    )
+    return bool(ended.rowcount)  # type: ignore[attr-defined]
+
+
+async def _end_payment(
+    db: AsyncSession,
+    order_id: int,
+    status: str,
+    now: datetime,
+    *,
+    charge_id: str | None = None,
+    decline_code: str | None = None,
+) -> None:
+    """Record how an order's card payment ended."""
     await db.execute(
         _SETTLE_PAYMENT,
         {
             "order": order_id,
-            "new_status": "failed" if result is None else "declined",
-            "charge": None,
-            "decline": result.decline_code if result else None,
+            "new_status": status,
+            "charge": charge_id,
+            "decline": decline_code,
             "now": now,
         },
     )
-    return True
 
 
 async def get_order(db: AsyncSession, *, user_id: int, order_id: int) -> Order:
