@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from shop_testing import Shopper, client_for
-from sqlalchemy import event
+from sqlalchemy import event, select
 
+from shop.db.models import Order, Payment
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.reconcile import reconcile
 from shop.services import orders
@@ -341,6 +342,43 @@ async def test_no_database_connection_is_held_while_the_card_is_charged(
     assert response.status_code == 201, response.text
     assert held_during_charge == [0]
     assert checked_out == 0
+
+
+@pytest.mark.parametrize(
+    ("number", "order_status", "payment"),
+    [
+        (OK_CARD, "paid", ("succeeded", True, None)),
+        (DECLINED, "failed", ("declined", False, "card_declined")),
+        (TRANSIENT, "failed", ("failed", False, None)),
+    ],
+    ids=["charged", "declined", "gateway failure"],
+)
+async def test_the_payment_row_records_how_the_charge_ended(
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    number: str,
+    order_status: str,
+    payment: tuple[str, bool, str | None],
+) -> None:
+    """What reconcile and the support desk read: the order's and its payment's end state."""
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    await order(shopper, [(mug, 1)], card(number))
+    async with app.state.engine.connect() as connection:
+        rows = (
+            await connection.execute(
+                select(Order.status, Payment.status, Payment.charge_id, Payment.decline_code)
+                .join(Payment, Payment.order_id == Order.id)
+                .where(Order.user_id == shopper.user_id)
+            )
+        ).all()
+    assert len(rows) == 1
+    (found_order, found_payment, charge_id, decline_code) = rows[0]
+    assert (found_order, found_payment, charge_id is not None, decline_code) == (
+        order_status,
+        *payment,
+    )
 
 
 async def test_orders_belong_to_their_user(admin: Shopper, new_shopper: NewShopper) -> None:
