@@ -69,10 +69,20 @@ PAYMENT_SUCCEEDED = (
     "UPDATE payments SET status = 'succeeded', charge_id = $2, updated_at = now() "
     "WHERE order_id = $1"
 )
+# Fragments of the one-statement writes. The web session's order ids and version, changed in
+# SQL: the record is the JSON text the shop's store writes.
+APPEND_ORDER_ID = """UPDATE web_sessions SET version = version + 1, record = jsonb_set(jsonb_set(
+        record::jsonb, '{{data,order_ids}}',
+        COALESCE(record::jsonb #> '{{data,order_ids}}', '[]'::jsonb) || to_jsonb({order}.id)),
+        '{{version}}', to_jsonb(version + 1))::text
+    FROM {order} WHERE key = {key}"""
+INSERT_ITEM = """INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+    SELECT new_order.id, $1, $2, stock.price FROM new_order, stock"""
+
 #: The whole account checkout as one statement, atomic on its own (no BEGIN, no COMMIT): the
 #: fewest round trips any design that keeps the web session in the database could make. The
 #: last line divides by zero, failing the statement, if the debit happened but not the stock.
-ONE_STATEMENT = """
+ONE_STATEMENT = f"""
 WITH price AS (
     SELECT price FROM products WHERE id = $1
 ), debit AS (
@@ -89,14 +99,9 @@ WITH price AS (
     SELECT $4, 'paid', price * $2, 'account', $3, now(), now() FROM stock
     RETURNING id, total
 ), item AS (
-    INSERT INTO order_items (order_id, product_id, quantity, unit_price)
-    SELECT new_order.id, $1, $2, stock.price FROM new_order, stock
+    {INSERT_ITEM}
 ), saved_session AS (
-    UPDATE web_sessions SET version = version + 1, record = jsonb_set(jsonb_set(
-        record::jsonb, '{data,order_ids}',
-        COALESCE(record::jsonb #> '{data,order_ids}', '[]'::jsonb) || to_jsonb(new_order.id)),
-        '{version}', to_jsonb(version + 1))::text
-    FROM new_order WHERE key = $5
+    {APPEND_ORDER_ID.format(order="new_order", key="$5")}
 )
 SELECT (SELECT id FROM new_order) AS id, (SELECT total FROM new_order) AS total,
        (SELECT count(*) FROM debit) / (SELECT count(*) FROM stock) AS all_or_nothing
@@ -129,7 +134,7 @@ SELECT (SELECT id FROM recorded) AS id, 1 / ((SELECT count(*) FROM moved) - 1) A
 """
 #: The card checkout's two phases as one statement each: reserve (order, item, payment, stock;
 #: nothing if there is no stock) and settle (order, payment, the web session).
-RESERVE_ONE_STATEMENT = """
+RESERVE_ONE_STATEMENT = f"""
 WITH stock AS (
     UPDATE products SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING price
 ), new_order AS (
@@ -138,15 +143,14 @@ WITH stock AS (
     SELECT $3, 'pending', price * $2, 'card', $4, now(), now() FROM stock
     RETURNING id, total
 ), item AS (
-    INSERT INTO order_items (order_id, product_id, quantity, unit_price)
-    SELECT new_order.id, $1, $2, stock.price FROM new_order, stock
+    {INSERT_ITEM}
 ), payment AS (
     INSERT INTO payments (gateway_key, amount, status, order_id, created_at, updated_at)
     SELECT $4, total, 'pending', id, now(), now() FROM new_order
 )
 SELECT id, total FROM new_order
 """
-SETTLE_ONE_STATEMENT = """
+SETTLE_ONE_STATEMENT = f"""
 WITH paid AS (
     UPDATE orders SET status = 'paid', updated_at = now()
     WHERE id = $1 AND status = 'pending' RETURNING id
@@ -154,11 +158,7 @@ WITH paid AS (
     UPDATE payments SET status = 'succeeded', charge_id = $2, updated_at = now()
     WHERE order_id = (SELECT id FROM paid)
 )
-UPDATE web_sessions SET version = version + 1, record = jsonb_set(jsonb_set(
-    record::jsonb, '{data,order_ids}',
-    COALESCE(record::jsonb #> '{data,order_ids}', '[]'::jsonb) || to_jsonb(paid.id)),
-    '{version}', to_jsonb(version + 1))::text
-FROM paid WHERE key = $3
+{APPEND_ORDER_ID.format(order="paid", key="$3")}
 """
 ONE_STATEMENT_MODE = os.environ.get("BENCH_BARE_ONE_STATEMENT") == "1"
 GATEWAY_LATENCY = float(os.environ.get("BENCH_GATEWAY_LATENCY_MS", "50")) / 1000
