@@ -4,27 +4,35 @@ Reading a web session is the hottest path of an app: every authenticated request
 almost every time the record has not changed. The cache answers those reads from memory, and
 each store feeds it the keys that changed anywhere, in any process:
 
-- the SQL store on PostgreSQL: a trigger NOTIFYs the key of every updated or deleted row
+- the SQL store on PostgreSQL: a trigger NOTIFYs every updated or deleted row
   (:func:`postgres_notify_trigger`); NOTIFY is transactional, so the message goes out when the
   writing transaction commits, never for one that rolled back;
-- the Redis store: the write and a PUBLISH of the key run in one Lua script.
+- the Redis store: the write and its PUBLISH run in one Lua script.
 
-Rules that make it safe:
+Every message names the key and the version the change produced ("<key> <version>"), "<key> -"
+for a deleted record, or the bare key for a change whose version says nothing (a hand-written
+UPDATE that left it alone, a write undone after a failed COMMIT). Rules that make it safe:
 
 - The cache serves only while its feed is connected and subscribed. When the feed drops, the
   cache is emptied and every read goes to the store until the feed is back (messages sent
   meanwhile are lost, so nothing cached before can be trusted).
-- A read that raced with an invalidation is not cached: every invalidation bumps an epoch, and a
-  record read from the store is only put in the cache if the epoch did not move meanwhile.
-- The process that wrote evicts its own entries the moment its COMMIT returns, before the
-  response is sent, so its next request never sees the old record; other processes evict when
-  the message arrives (the revocation window: a few milliseconds, measured by ``make bench``).
+- Versions only move forward (every write is a compare-and-set from the version before), so an
+  entry is only ever replaced by a newer version. A message for version v evicts an entry
+  older than v and leaves behind a tombstone that refuses any fill older than v: a read that
+  began before the change and ends after the message can never put the old record back. A
+  deleted record's tombstone refuses every fill. A bare-key message evicts and, because it says
+  nothing about versions, refuses every fill that was in flight (the cache's epoch moves).
+- The process that wrote puts what it committed in its cache the moment its COMMIT returns,
+  before the response is sent: its next request reads the new record from memory, and the
+  write's own message, arriving later for the same version, leaves it there. Other processes
+  evict when the message arrives (the revocation window: a few milliseconds, measured by
+  ``make bench``).
 - Entries are re-read after ``max_age`` seconds whatever the feed says, a bound on the damage
   of a message lost without the connection dropping.
 - The cache holds each record frozen (pickled), never a live object: every read thaws a copy
   of its own, so no request can change what another sees. Thawing is about a quarter of what
   parsing the JSON cost (bench/README.md). The pickles are made here, from records this process
-  parsed, and never leave it: nothing from outside is ever unpickled.
+  parsed or wrote, and never leave it: nothing from outside is ever unpickled.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ import logging
 import pickle
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -46,6 +54,18 @@ if TYPE_CHECKING:
     from ..unit_of_work import UnitOfWork
 
 logger = logging.getLogger("fastapi_atomic.websession")
+
+
+#: the version of a deleted record: newer than any, so its tombstone refuses every fill
+DELETED = float("inf")
+
+
+class _Entry(NamedTuple):
+    #: the record, pickled; None for a tombstone (a version known to exist, not held here)
+    frozen: bytes | None
+    version: float
+    #: when it was filled (or, for a tombstone, last changed)
+    at: float
 
 
 class RecordCache:
@@ -59,9 +79,9 @@ class RecordCache:
         self.max_entries = max_entries
         self.max_age = max_age
         self._clock = clock
-        #: key -> (the record, pickled; when it was filled)
-        self._entries: dict[str, tuple[bytes, float]] = {}
-        #: moves on every invalidation; a read that saw it move is not cached
+        self._entries: dict[str, _Entry] = {}
+        #: moves whenever the cache forgets what it knew of a key's version (a bare-key message,
+        #: an entry dropped for room, the feed going down); a fill begun before is refused
         self.epoch = 0
         #: True only while the invalidation feed is connected and subscribed
         self.live = False
@@ -77,24 +97,32 @@ class RecordCache:
 
     def get(self, key: str) -> bytes | None:
         entry = self._entries.get(key)
-        if entry is None:
+        if entry is None or entry.frozen is None:
             self.misses += 1
             return None
-        frozen, filled_at = entry
-        if self._clock() - filled_at > self.max_age:
-            del self._entries[key]
+        if self._clock() - entry.at > self.max_age:
+            # Re-read it, but remember its version: an older record must not come back.
+            self._entries[key] = _Entry(None, entry.version, entry.at)
             self.misses += 1
             return None
         self.hits += 1
-        return frozen
+        return entry.frozen
 
-    def fill(self, key: str, frozen: bytes, epoch: int) -> None:
-        """Cache what a read that began at ``epoch`` found, unless anything changed since."""
+    def fill(self, key: str, frozen: bytes, version: int, epoch: int) -> None:
+        """Cache version ``version`` of ``key``, as read (or written) since ``epoch``, unless the
+        cache knows of a newer one, or forgot what it knew meanwhile."""
         if not self.live or epoch != self.epoch:
             return
+        entry = self._entries.get(key)
+        if entry is not None:
+            newer = version > entry.version or (entry.frozen is None and version == entry.version)
+            if newer:
+                self._entries[key] = _Entry(frozen, version, self._clock())
+            return
         if len(self._entries) >= self.max_entries:
-            del self._entries[next(iter(self._entries))]  # the oldest fill
-        self._entries[key] = (frozen, self._clock())
+            del self._entries[next(iter(self._entries))]  # the oldest: its version is forgotten
+            self.epoch += 1
+        self._entries[key] = _Entry(frozen, version, self._clock())
 
     async def read_record(
         self, key: str, read: Callable[[], Awaitable[str | bytes | None]]
@@ -111,17 +139,41 @@ class RecordCache:
             return None
         record = SessionRecord.from_json(text)
         if self.live:
-            self.fill(key, pickle.dumps(vars(record), pickle.HIGHEST_PROTOCOL), epoch)
+            self.fill(key, _freeze(record), record.version, epoch)
         return record
 
-    def evict_on_commit(self, uow: UnitOfWork, key: str) -> None:
-        """``key`` is being written by ``uow``: evict it now and again when COMMIT returns."""
-        self.invalidate(key)
-        uow.right_after_commit(lambda: self.invalidate(key))
+    def keep_on_commit(self, uow: UnitOfWork, key: str, record: SessionRecord) -> None:
+        """``uow`` wrote ``record`` under ``key``: cache it once, and only if, it commits."""
+        if not self.live:
+            return
+        epoch, frozen = self.epoch, _freeze(record)
+        uow.right_after_commit(lambda: self.fill(key, frozen, record.version, epoch))
 
-    def invalidate(self, key: str) -> None:
-        self.epoch += 1
-        self._entries.pop(key, None)
+    def drop_on_commit(self, uow: UnitOfWork, key: str) -> None:
+        """``uow`` deleted ``key``: stop serving it the moment the deletion commits."""
+        uow.right_after_commit(lambda: self.invalidate(key, DELETED))
+
+    def invalidate(self, key: str, version: float | None = None) -> None:
+        """``key`` changed to ``version`` (:data:`DELETED`; None: to a version nobody knows)."""
+        if version is None:
+            self.epoch += 1
+            self._entries.pop(key, None)
+            return
+        entry = self._entries.pop(key, None)
+        if entry is not None and entry.version >= version:
+            self._entries[key] = entry  # already this version or a newer one
+            return
+        self._entries[key] = _Entry(None, version, self._clock())
+
+    def on_message(self, message: str) -> None:
+        """Apply one message of the feed: "<key> <version>", "<key> -" or "<key>"."""
+        key, _, version = message.partition(" ")
+        if version == "-":
+            self.invalidate(key, DELETED)
+        elif version.isdigit():
+            self.invalidate(key, int(version))
+        else:
+            self.invalidate(key)
 
     def go_dark(self) -> None:
         """The feed is gone: trust nothing cached, cache nothing until it is back."""
@@ -130,7 +182,19 @@ class RecordCache:
         self._entries.clear()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """How many records are held (tombstones are not records)."""
+        return sum(1 for entry in self._entries.values() if entry.frozen is not None)
+
+
+def _freeze(record: SessionRecord) -> bytes:
+    return pickle.dumps(vars(record), pickle.HIGHEST_PROTOCOL)
+
+
+def message(key: str, version: float | None) -> str:
+    """What a store publishes for a change of ``key`` to ``version`` (see :class:`RecordCache`)."""
+    if version is None:
+        return key
+    return f"{key} -" if version == DELETED else f"{key} {int(version)}"
 
 
 class InvalidationFeed:
@@ -172,8 +236,8 @@ class InvalidationFeed:
                     self.cache.go_dark()  # anything cached before this subscription is suspect
                     self.cache.live = True
                     self._connected.set()
-                    async for key in messages:
-                        self.cache.invalidate(key)
+                    async for change in messages:
+                        self.cache.on_message(change)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -203,8 +267,8 @@ class PostgresFeed(InvalidationFeed):
         try:
             queue: asyncio.Queue[str | None] = asyncio.Queue()
 
-            def on_notify(_connection: Any, _pid: int, _channel: str, key: str) -> None:
-                queue.put_nowait(key)
+            def on_notify(_connection: Any, _pid: int, _channel: str, change: str) -> None:
+                queue.put_nowait(change)
 
             raw.add_termination_listener(lambda _connection: queue.put_nowait(None))
             await raw.add_listener(self.channel, on_notify)
@@ -220,15 +284,15 @@ class PostgresFeed(InvalidationFeed):
             # cancellation (app shut-down) into a TimeoutError, and the feed would run on.
             try:
                 async with asyncio.timeout(self.heartbeat):
-                    key = await queue.get()
+                    change = await queue.get()
             except TimeoutError:
                 # A half-open connection delivers nothing and says nothing: ask.
                 async with asyncio.timeout(self.heartbeat):
                     await raw.fetchval("SELECT 1")
                 continue
-            if key is None:
+            if change is None:
                 raise ConnectionError("the LISTEN connection was closed")
-            yield key
+            yield change
 
 
 class RedisFeed(InvalidationFeed):
@@ -281,15 +345,24 @@ def trigger_name(table: Table) -> str:
 def postgres_notify_trigger(table: Table) -> list[str]:
     """DDL for the trigger that feeds the SQL store's cache (PostgreSQL only).
 
-    Run it in a migration after creating the table. Every UPDATE or DELETE of a row, by the
-    store or by anything else (a purge, a hand-written query), NOTIFYs its key on commit.
+    Run it in a migration after creating the table (running it again replaces an older
+    version). Every UPDATE or DELETE of a row, by the store or by anything else (a purge, a
+    hand-written query), NOTIFYs on commit: "<key> <new version>" for an update that moved the
+    version forward, "<key> -" for a delete, the bare key for any other change.
     """
     name, channel = trigger_name(table), notify_channel(table)
     return [
         f"""
         CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$
         BEGIN
-            PERFORM pg_notify('{channel}', OLD.key);
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('{channel}', OLD.key || ' -');
+            ELSIF NEW.key = OLD.key AND NEW.version > OLD.version THEN
+                PERFORM pg_notify('{channel}', NEW.key || ' ' || NEW.version);
+            ELSE
+                PERFORM pg_notify('{channel}', OLD.key);
+                PERFORM pg_notify('{channel}', NEW.key);
+            END IF;
             RETURN NULL;
         END;
         $$ LANGUAGE plpgsql

@@ -1,4 +1,5 @@
-"""Migration 0003 (the session cache's trigger) goes down and up again on PostgreSQL."""
+"""Migrations 0003 (the session cache's trigger) and 0004 (its versioned messages) go down and
+up again on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -36,4 +37,34 @@ async def test_the_cache_trigger_migration_downgrades_and_upgrades(postgres_url:
     finally:
         await upgrade(postgres_url)
         assert await triggers() == 1
+        await engine.dispose()
+
+
+async def test_the_versioned_notifications_migration_downgrades_and_upgrades(
+    postgres_url: str,
+) -> None:
+    """0004 makes the trigger say the new version; going back to 0003 says the key alone."""
+    engine = create_async_engine(postgres_url)
+
+    def downgrade(connection: Connection) -> None:
+        config = alembic_config(postgres_url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0003")
+
+    async def says_the_version() -> bool:
+        async with engine.connect() as connection:
+            source = await connection.scalar(
+                text("SELECT prosrc FROM pg_proc WHERE proname = :name"),
+                {"name": trigger_name(web_sessions)},
+            )
+        return "NEW.version" in str(source)
+
+    try:
+        assert await says_the_version()
+        async with engine.begin() as connection:
+            await connection.run_sync(downgrade)
+        assert not await says_the_version()
+    finally:
+        await upgrade(postgres_url)
+        assert await says_the_version()
         await engine.dispose()

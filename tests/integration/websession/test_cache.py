@@ -22,6 +22,7 @@ from fastapi_atomic.testing import (
     unit_of_work,
 )
 from fastapi_atomic.websession import RedisStore, SqlStore, web_sessions_table
+from fastapi_atomic.websession.cache import notify_channel
 from fastapi_atomic.websession.record import Changes, SessionRecord
 from fastapi_atomic.websession.stores.base import WebSessionStore
 from shop.db.models import web_sessions
@@ -237,3 +238,105 @@ async def test_the_feed_stops_at_shut_down_even_in_the_middle_of_a_heartbeat(
         started = time.monotonic()
         await store.aclose()
         assert task.done() and time.monotonic() - started < 1.0
+
+
+async def test_the_writer_serves_what_it_committed_from_memory(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    """Its own message, arriving after the COMMIT for the same version, leaves it cached."""
+    (writer, _), engine = two_processes
+    cache = writer.cache  # type: ignore[attr-defined]
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await writer.create(key, make_record("9", step=1), uow)
+    async with unit_of_work(engine) as uow:
+        current = await writer.load(key, uow)
+        assert current is not None
+        await writer.update(key, Changes([("set", "step", 2)]), uow, current=current)
+    await asyncio.sleep(0.1)  # the write's own NOTIFY / PUBLISH has arrived meanwhile
+    misses = cache.misses
+    record = await load(writer, engine, key)
+    assert record is not None and record.data == {"step": 2} and record.version == 2
+    assert cache.misses == misses, "the writer read its own write from the store"
+
+
+async def test_writes_alternating_between_processes_are_each_seen_by_the_other(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    """Each process caches its own writes; the other's newer version must still evict them."""
+    stores, engine = two_processes
+    key = await cached_in_reader(stores[0], stores[1], engine, make_record("10", n=0))
+    for n in range(1, 9):
+        writer, reader = stores[n % 2], stores[(n + 1) % 2]
+        async with unit_of_work(engine) as uow:
+            assert await writer.update(key, Changes([("set", "n", n)]), uow) is not None
+
+        async def sees_n(reader: WebSessionStore = reader, n: int = n) -> bool:
+            record = await load(reader, engine, key)
+            return record is not None and record.data == {"n": n}
+
+        await eventually(sees_n)
+        record = await load(writer, engine, key)
+        assert record is not None and record.data == {"n": n}
+
+
+async def test_a_write_rolled_back_after_it_was_written_is_not_cached_by_the_writer(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    (writer, _), engine = two_processes
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await writer.create(key, make_record("11", a=1), uow)
+    async with unit_of_work(engine, commit=False) as uow:
+        await writer.update(key, Changes([("set", "a", 2)]), uow)
+    await asyncio.sleep(0.05)
+    for _ in range(2):
+        record = await load(writer, engine, key)
+        assert record is not None and record.data == {"a": 1}
+
+
+async def test_the_writer_stops_serving_a_session_it_deleted_at_once(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+) -> None:
+    """No waiting for the message: the logout's own process answers 401 right away."""
+    (writer, _), engine = two_processes
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await writer.create(key, make_record("12"), uow)
+    assert await load(writer, engine, key) is not None
+    async with unit_of_work(engine) as uow:
+        await writer.delete(key, uow)
+    assert await load(writer, engine, key) is None
+
+
+async def test_the_trigger_says_which_version_a_change_made(postgres_engine: AsyncEngine) -> None:
+    """The payloads the SQL store's feed reads: "<key> <version>", "<key> -", the bare key."""
+    store = SqlStore(web_sessions)
+    url = postgres_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    import asyncpg  # type: ignore[import-untyped]
+
+    listener = await asyncpg.connect(url)
+    received: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(
+        notify_channel(web_sessions), lambda _c, _p, _ch, payload: received.put_nowait(payload)
+    )
+    try:
+        key = new_key()
+        async with unit_of_work(postgres_engine) as uow:
+            await store.create(key, make_record("13"), uow)
+            await store.update(key, Changes([("set", "a", 1)]), uow)
+        assert await asyncio.wait_for(received.get(), 5) == f"{key} 2"
+        async with postgres_engine.begin() as connection:  # by hand, the version left alone
+            await connection.execute(
+                text("UPDATE web_sessions SET expires_at = 0 WHERE key = :key"), {"key": key}
+            )
+        assert await asyncio.wait_for(received.get(), 5) == key
+        async with unit_of_work(postgres_engine) as uow:
+            await store.delete(key, uow)
+        assert await asyncio.wait_for(received.get(), 5) == f"{key} -"
+        async with unit_of_work(postgres_engine, commit=False) as uow:
+            await store.create(key, make_record("13"), uow)
+        await asyncio.sleep(0.05)
+        assert received.empty(), "an insert that rolled back said something"
+    finally:
+        await listener.close()

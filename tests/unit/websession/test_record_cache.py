@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import pickle
+from collections.abc import Callable
+from dataclasses import replace
+
 import pytest
 
 from fastapi_atomic.websession import RecordCache
@@ -29,44 +33,165 @@ def cache(clock: Clock) -> RecordCache:
 
 
 def test_serves_what_was_filled(cache: RecordCache) -> None:
-    cache.fill("k", b"{}", cache.epoch)
+    cache.fill("k", b"{}", 1, cache.epoch)
     assert cache.get("k") == b"{}"
     assert (cache.hits, cache.misses) == (1, 0)
 
 
-def test_a_read_that_raced_with_an_invalidation_is_not_cached(cache: RecordCache) -> None:
-    epoch = cache.epoch  # the read begins
-    cache.invalidate("other-key")  # a write commits somewhere meanwhile
-    cache.fill("k", b"old", epoch)  # the read ends with what may be the old record
+def test_a_read_that_raced_with_a_change_is_not_cached(cache: RecordCache) -> None:
+    epoch = cache.epoch  # a read of "k" begins
+    cache.on_message("k 2")  # version 2 commits somewhere meanwhile
+    cache.fill("k", b"v1", 1, epoch)  # the read ends with the version before it
+    assert cache.get("k") is None
+    cache.fill("k", b"v2", 2, cache.epoch)  # reading again finds version 2
+    assert cache.get("k") == b"v2"
+
+
+def test_a_change_of_another_key_does_not_stop_a_fill(cache: RecordCache) -> None:
+    epoch = cache.epoch
+    cache.on_message("other-key 5")
+    cache.fill("k", b"v1", 1, epoch)
+    assert cache.get("k") == b"v1"
+
+
+def test_a_message_without_a_version_refuses_every_fill_in_flight(cache: RecordCache) -> None:
+    epoch = cache.epoch
+    cache.on_message("other-key")  # a hand-written UPDATE, an undo: versions say nothing
+    cache.fill("k", b"v1", 1, epoch)
     assert cache.get("k") is None
 
 
-def test_an_invalidated_key_is_gone(cache: RecordCache) -> None:
-    cache.fill("k", b"v1", cache.epoch)
-    cache.invalidate("k")
+def test_a_newer_version_evicts_an_older_entry(cache: RecordCache) -> None:
+    cache.fill("k", b"v1", 1, cache.epoch)
+    cache.on_message("k 2")
     assert cache.get("k") is None
+
+
+def test_the_writers_own_message_leaves_what_it_cached(cache: RecordCache) -> None:
+    """The process that wrote version 3 cached it at COMMIT; the NOTIFY of version 3 follows."""
+    cache.fill("k", b"v3", 3, cache.epoch)
+    cache.on_message("k 2")  # late, and older
+    cache.on_message("k 3")
+    assert cache.get("k") == b"v3"
+
+
+def test_an_entry_is_only_ever_replaced_by_a_newer_version(cache: RecordCache) -> None:
+    cache.fill("k", b"v3", 3, cache.epoch)
+    cache.fill("k", b"v2", 2, cache.epoch)  # a slow read of the version before
+    cache.fill("k", b"other v3", 3, cache.epoch)
+    assert cache.get("k") == b"v3"
+    cache.fill("k", b"v4", 4, cache.epoch)
+    assert cache.get("k") == b"v4"
+
+
+def test_a_deleted_key_is_never_cached_again(cache: RecordCache) -> None:
+    epoch = cache.epoch
+    cache.fill("k", b"v1", 1, epoch)
+    cache.on_message("k -")
+    assert cache.get("k") is None
+    cache.fill("k", b"v1", 1, epoch)  # a read that began before the logout
+    cache.fill("k", b"v9", 9, cache.epoch)
+    assert cache.get("k") is None and len(cache) == 0
+
+
+def test_a_bare_key_evicts(cache: RecordCache) -> None:
+    cache.fill("k", b"v1", 1, cache.epoch)
+    cache.on_message("k")
+    assert cache.get("k") is None
+    cache.fill("k", b"v1", 1, cache.epoch)  # what the store holds now, read after the message
+    assert cache.get("k") == b"v1"
+
+
+@pytest.mark.parametrize("garbage", ["k x", "k 1.5", "k  3", "k -1"])
+def test_a_message_it_cannot_read_evicts_like_a_bare_key(cache: RecordCache, garbage: str) -> None:
+    epoch = cache.epoch
+    cache.fill("k", b"v9", 9, epoch)
+    cache.on_message(garbage)
+    assert cache.get("k") is None and cache.epoch != epoch
 
 
 def test_nothing_is_cached_while_the_feed_is_down(cache: RecordCache) -> None:
-    cache.fill("k", b"v", cache.epoch)
+    cache.fill("k", b"v", 1, cache.epoch)
     cache.go_dark()
     assert cache.get("k") is None and len(cache) == 0
-    cache.fill("k", b"v", cache.epoch)
+    cache.fill("k", b"v", 1, cache.epoch)
     assert len(cache) == 0
 
 
 def test_entries_are_reread_after_max_age(cache: RecordCache, clock: Clock) -> None:
-    cache.fill("k", b"v", cache.epoch)
+    epoch = cache.epoch
+    cache.fill("k", b"v2", 2, epoch)
     clock.now += 61
     assert cache.get("k") is None
     assert len(cache) == 0
+    cache.fill("k", b"v1", 1, epoch)  # an older read, finishing late, does not come back
+    assert cache.get("k") is None
+    cache.fill("k", b"v2", 2, cache.epoch)  # the re-read
+    assert cache.get("k") == b"v2"
 
 
 def test_the_oldest_fill_makes_room(cache: RecordCache) -> None:
     for key in "abcd":
-        cache.fill(key, key.encode(), cache.epoch)
+        cache.fill(key, key.encode(), 1, cache.epoch)
     assert len(cache) == 3
     assert cache.get("a") is None and cache.get("d") == b"d"
+
+
+def test_making_room_refuses_fills_in_flight(cache: RecordCache) -> None:
+    """A dropped entry's version is forgotten: a read that began before could be older."""
+    epoch = cache.epoch
+    for key in "abcd":
+        cache.fill(key, key.encode(), 1, cache.epoch)
+    cache.fill("e", b"e", 1, epoch)
+    assert cache.get("e") is None
+
+
+class FakeUnitOfWork:
+    """Just the hooks keep_on_commit and drop_on_commit use."""
+
+    def __init__(self) -> None:
+        self.hooks: list[Callable[[], None]] = []
+
+    def right_after_commit(self, hook: Callable[[], None]) -> None:
+        self.hooks.append(hook)
+
+    def commit(self) -> None:
+        for hook in self.hooks:
+            hook()
+
+
+def test_what_a_request_wrote_is_cached_once_it_commits(cache: RecordCache) -> None:
+    uow = FakeUnitOfWork()
+    cache.keep_on_commit(uow, "k", replace(RECORD, version=4))  # type: ignore[arg-type]
+    assert cache.get("k") is None  # not before the COMMIT: it might roll back
+    uow.commit()
+    frozen = cache.get("k")
+    assert frozen is not None
+    assert SessionRecord(**pickle.loads(frozen)) == replace(RECORD, version=4)
+
+
+def test_a_write_overtaken_before_its_commit_returned_is_not_cached(cache: RecordCache) -> None:
+    uow = FakeUnitOfWork()
+    cache.keep_on_commit(uow, "k", replace(RECORD, version=4))  # type: ignore[arg-type]
+    cache.on_message("k 5")  # another process wrote version 5 right after ours committed
+    uow.commit()
+    assert cache.get("k") is None
+
+
+def test_a_write_that_never_commits_is_never_cached(cache: RecordCache) -> None:
+    cache.keep_on_commit(FakeUnitOfWork(), "k", RECORD)  # type: ignore[arg-type]
+    assert cache.get("k") is None and len(cache) == 0
+
+
+def test_a_deletion_stops_the_cache_serving_once_it_commits(cache: RecordCache) -> None:
+    cache.fill("k", b"v1", 1, cache.epoch)
+    uow = FakeUnitOfWork()
+    cache.drop_on_commit(uow, "k")  # type: ignore[arg-type]
+    assert cache.get("k") == b"v1"  # still the committed truth until the COMMIT
+    uow.commit()
+    assert cache.get("k") is None
+    cache.fill("k", b"v1", 1, cache.epoch)
+    assert cache.get("k") is None
 
 
 RECORD = SessionRecord(

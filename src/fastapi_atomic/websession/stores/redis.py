@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...exceptions import ServiceUnavailable
 from ...unit_of_work import UnitOfWork
-from ..cache import RecordCache, RedisFeed
+from ..cache import DELETED, RecordCache, RedisFeed, message
 from ..record import Changes, SessionRecord, apply_changes
 from .base import StoreTimeouts
 
@@ -24,7 +24,7 @@ T = TypeVar("T")
 _CAS_ATTEMPTS = 20
 
 # KEYS[1] the record; ARGV: expected version ("" = must not exist), new JSON, TTL ms,
-# the channel to PUBLISH the change on ("" = none) and the key as published
+# the channel to PUBLISH the change on ("" = none) and the message (see cache.message)
 _CAS = """
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
@@ -69,9 +69,9 @@ class RedisStore(StoreTimeouts):
         if self._feed is not None:
             await self._feed.start()
 
-    def _evict(self, uow: UnitOfWork, key: str) -> None:
+    def _keep(self, uow: UnitOfWork, key: str, record: SessionRecord) -> None:
         if self.cache is not None:
-            self.cache.evict_on_commit(uow, key)
+            self.cache.keep_on_commit(uow, key, record)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}s:{key}"
@@ -98,14 +98,22 @@ class RedisStore(StoreTimeouts):
         return SessionRecord.from_json(raw) if raw is not None else None
 
     async def _swap(
-        self, key: str, expected: SessionRecord | None, new: SessionRecord | None
+        self,
+        key: str,
+        expected: SessionRecord | None,
+        new: SessionRecord | None,
+        *,
+        forward: bool = True,
     ) -> int:
+        """Compare-and-set ``key`` from ``expected`` to ``new``; ``forward=False`` for an undo,
+        which puts an older version back (its message then says no version)."""
         version = "" if expected is None else str(expected.version)
         payload = "" if new is None else new.to_json()
         ttl = self._ttl_ms(new) if new is not None else 0
         channel = self.channel if self.cache is not None else ""
+        change = message(key, new.version if new is not None and forward else None)
         result: Any = await self._call(
-            lambda: self._cas(keys=[self._key(key)], args=[version, payload, ttl, channel, key])
+            lambda: self._cas(keys=[self._key(key)], args=[version, payload, ttl, channel, change])
         )
         return int(result)
 
@@ -119,6 +127,7 @@ class RedisStore(StoreTimeouts):
             raise RuntimeError("a fresh session id was already in use")
         if record.user_id is not None:
             await self._index(record.user_id, key)
+        self._keep(uow, key, record)
         uow.on_rollback(self._undoer(key, record, None))
 
     async def update(
@@ -139,7 +148,7 @@ class RedisStore(StoreTimeouts):
             if outcome == -1:
                 return None
             if outcome == 1:
-                self._evict(uow, key)
+                self._keep(uow, key, updated)
                 uow.on_rollback(self._undoer(key, updated, current))
                 return updated
             current = None  # changed since it was read: read it again
@@ -149,7 +158,7 @@ class RedisStore(StoreTimeouts):
         self, key: str, written: SessionRecord, previous: SessionRecord | None
     ) -> Callable[[], Awaitable[None]]:
         async def undo() -> None:
-            await self._swap(key, written, previous)
+            await self._swap(key, written, previous, forward=False)
 
         return undo
 
@@ -158,7 +167,8 @@ class RedisStore(StoreTimeouts):
         if old is None:
             return
         await self._call(lambda: self._delete(key))
-        self._evict(uow, key)
+        if self.cache is not None:
+            self.cache.drop_on_commit(uow, key)
         if old.user_id is not None:
             user_id = old.user_id
             await self._call(lambda: self.redis.srem(self._user_key(user_id), key))
@@ -168,11 +178,11 @@ class RedisStore(StoreTimeouts):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(self._key(key))
             if self.cache is not None:
-                pipe.publish(self.channel, key)
+                pipe.publish(self.channel, message(key, DELETED))
             await pipe.execute()
 
     async def _restore(self, key: str, old: SessionRecord) -> None:
-        if await self._swap(key, None, old) == 1 and old.user_id is not None:
+        if await self._swap(key, None, old, forward=False) == 1 and old.user_id is not None:
             await self._index(old.user_id, key)
 
     async def _index(self, user_id: str, key: str) -> None:

@@ -121,9 +121,13 @@ class SqlStore(StoreTimeouts):
         found = await read()
         return SessionRecord.from_json(found) if found is not None else None
 
-    def _evict(self, uow: UnitOfWork, key: str) -> None:
+    def _keep(self, uow: UnitOfWork, key: str, record: SessionRecord) -> None:
         if self.cache is not None:
-            self.cache.evict_on_commit(uow, key)
+            self.cache.keep_on_commit(uow, key, record)
+
+    def _drop(self, uow: UnitOfWork, key: str) -> None:
+        if self.cache is not None:
+            self.cache.drop_on_commit(uow, key)
 
     async def _load(self, db: AsyncSession, key: str) -> SessionRecord | None:
         text = await db.scalar(self._select, {"key": key})
@@ -140,6 +144,7 @@ class SqlStore(StoreTimeouts):
                 "expires_at": self.expires_at(record),
             },
         )
+        self._keep(uow, key, record)
 
     async def update(
         self,
@@ -166,14 +171,14 @@ class SqlStore(StoreTimeouts):
                 },
             )
             if result.rowcount == 1:  # type: ignore[attr-defined]
-                self._evict(uow, key)
+                self._keep(uow, key, updated)
                 return updated
             current = None  # changed (or gone) since it was read: read it again
         raise RuntimeError(f"web session kept changing under {_CAS_ATTEMPTS} attempts to save it")
 
     async def delete(self, key: str, uow: UnitOfWork) -> None:
         await uow.db.execute(self._delete, {"key": key})
-        self._evict(uow, key)
+        self._drop(uow, key)
 
     async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
         rows = await uow.db.execute(
@@ -189,7 +194,7 @@ class SqlStore(StoreTimeouts):
         result = await uow.db.execute(statement)
         keys = result.scalars().all()
         for key in keys:
-            self._evict(uow, key)
+            self._drop(uow, key)
         return len(keys)
 
     async def ping(self) -> None:
