@@ -228,7 +228,9 @@ class UnitOfWork:
         default level).
         """
         if one_statement and isolation_level is not None:
-            raise ConfigurationError("A one-statement phase runs in autocommit: no isolation level.")
+            raise ConfigurationError(
+                "A one-statement phase runs in autocommit: give it no isolation level."
+            )
         await self.release()
         attempt = 1
         while True:

@@ -11,11 +11,14 @@ transaction stays open while the gateway is called (ARCHITECTURE.md):
 The payment key is stable for one client request (derived from its Idempotency-Key), so a
 retry, a takeover after a crash or ``shop payments reconcile`` can never charge twice.
 
-Stock is taken last, just before COMMIT. Product rows are the hot rows of a shop: every
-buyer of a product queues on its row lock, and a lock held across the debit and the inserts
-(each a round trip, each a wait for a busy event loop) made checkout at 64 connections slower
-than the lock-free but wrong popular recipe. Prices are read first without a lock and checked
-again under it; a price that changed in between re-runs the request (``ConcurrentChange``).
+On PostgreSQL placing an order and settling a card payment are one statement each
+(:mod:`.orders_pg`); the card's reserve phase runs in autocommit. Elsewhere (SQLite) each row
+is its own statement, and stock is taken last, just before COMMIT. Product rows are the hot
+rows of a shop: every buyer of a product queues on its row lock, and a lock held across the
+debit and the inserts (each a round trip, each a wait for a busy event loop) made checkout at
+64 connections slower than the lock-free but wrong popular recipe. Prices are read first
+without a lock and checked again under it; a price that changed in between re-runs the request
+(``ConcurrentChange``).
 """
 
 from __future__ import annotations
@@ -23,12 +26,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import Row, bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -36,6 +37,11 @@ from fastapi_atomic import ConcurrentChange, UnitOfWork
 from shop.db.models import Account, Order, OrderItem, Payment, Product, table, utcnow
 from shop.errors import Conflict, GatewayUnavailable, NotFound, PaymentDeclined
 from shop.payments import ChargeResult, GatewayError, PaymentGateway
+
+from . import orders_pg
+from .lines import EarlierOrder, Line, PlacedItem, PlacedOrder, merge_lines, total_of
+
+__all__ = ["Line", "PlacedItem", "PlacedOrder", "checkout_with_account", "checkout_with_card"]
 
 # Checkout's statements are built once, on the tables: building them per request and taking
 # them through the ORM's execution layer cost more CPU than the database spent on them.
@@ -100,36 +106,8 @@ _SETTLE_PAYMENT = (
 )
 
 
-@dataclass(frozen=True)
-class Line:
-    product_id: int
-    quantity: int
-
-
-@dataclass(frozen=True)
-class PlacedItem:
-    product_id: int
-    quantity: int
-    unit_price: int
-
-
-@dataclass(frozen=True)
-class PlacedOrder:
-    """An order as checkout wrote it: what the response shows, without reading it back."""
-
-    id: int
-    status: str
-    total: int
-    created_at: datetime
-    items: Sequence[PlacedItem]
-
-
-def merge_lines(lines: Iterable[Line]) -> list[Line]:
-    """One line per product, in product id order (the lock order)."""
-    merged: dict[int, int] = {}
-    for line in lines:
-        merged[line.product_id] = merged.get(line.product_id, 0) + line.quantity
-    return [Line(product_id, quantity) for product_id, quantity in sorted(merged.items())]
+def _on_postgres(db: AsyncSession) -> bool:
+    return db.get_bind().dialect.name == "postgresql"
 
 
 async def _price(db: AsyncSession, lines: list[Line]) -> list[PlacedItem]:
@@ -161,14 +139,10 @@ async def _give_back_stock(db: AsyncSession, order_id: int) -> None:
         await db.execute(_GIVE_BACK_STOCK, {"product": product_id, "quantity": quantity})
 
 
-def _total(items: Iterable[PlacedItem]) -> int:
-    return sum(item.quantity * item.unit_price for item in items)
-
-
 async def _insert_order(
     db: AsyncSession, items: list[PlacedItem], *, status: str, **fields: object
 ) -> PlacedOrder:
-    total = _total(items)
+    total = total_of(items)
     row = (await db.execute(_INSERT_ORDER, {"status": status, "total": total, **fields})).one()
     await db.execute(
         _INSERT_ITEM, [{"order_id": row.id, **dataclasses.asdict(item)} for item in items]
@@ -187,10 +161,18 @@ async def checkout_with_account(
     """One transaction: debit, the paid order and the stock together (stock last).
 
     ``placed`` is called with the order's id before the stock is taken, for writes that
-    belong to the same transaction and should not hold the product rows' locks longer.
+    belong to the same transaction and should not hold the product rows' locks longer (on
+    PostgreSQL, where one statement does it all, right after it).
     """
+    if _on_postgres(db):
+        order = await orders_pg.place_account_order(
+            db, merge_lines(lines), user_id=user_id, account_id=account_id
+        )
+        if placed is not None:
+            await placed(order.id)
+        return order
     items = await _price(db, merge_lines(lines))
-    debit = {"account": account_id, "user": user_id, "amount": _total(items)}
+    debit = {"account": account_id, "user": user_id, "amount": total_of(items)}
     if (await db.execute(_DEBIT, debit)).rowcount != 1:  # type: ignore[attr-defined]
         owned = await db.scalar(_OWNED_ACCOUNT, {"account": account_id, "user": user_id})
         if owned is None:
@@ -223,13 +205,16 @@ async def checkout_with_card(
     """Reserve, charge, settle (see the module's docstring). Settling uses ``uow.db``."""
     key = payment_key or f"order_{uuid.uuid4().hex}"
     merged = merge_lines(lines)
+    on_postgres = uow.engine.dialect.name == "postgresql"
 
-    async def reserve(db: AsyncSession) -> PlacedOrder | Row[Any, Any, Any]:
-        """The order reserved now, or (id, total, status) of one an earlier attempt left."""
+    async def reserve(db: AsyncSession) -> PlacedOrder | EarlierOrder:
+        """The order reserved now, or the one an earlier attempt left."""
+        if on_postgres:
+            return await orders_pg.reserve_card_order(db, merged, user_id=user_id, payment_key=key)
         if payment_key is not None:  # a retry of a request that got this far may have run
             existing = (await db.execute(_ORDER_BY_KEY, {"key": key})).first()
             if existing is not None:
-                return existing
+                return EarlierOrder(existing.id, existing.total, existing.status)
         items = await _price(db, merged)
         placed = await _insert_order(
             db,
@@ -246,7 +231,7 @@ async def checkout_with_card(
         await _take_stock(db, items)
         return placed
 
-    reserved = await uow.run_phase(reserve)
+    reserved = await uow.run_phase(reserve, one_statement=on_postgres)
     order_id, total = reserved.id, reserved.total
     if reserved.status == "paid":
         return await get_order(uow.db, user_id=user_id, order_id=order_id)
@@ -299,6 +284,8 @@ async def charge_or_find(
 
 async def settle_order(db: AsyncSession, order_id: int, result: ChargeResult) -> bool:
     """Mark a pending order paid; False if it was no longer pending."""
+    if _on_postgres(db):
+        return await orders_pg.settle_card_order(db, order_id, result.charge_id)
     now = utcnow()
     settled = await _end_pending_order(db, order_id, "paid", now)
     await _end_payment(db, order_id, "succeeded", now, charge_id=result.charge_id)
