@@ -744,8 +744,9 @@ def run_scenario(
             and scenario.database == "postgres"
         ):
             shared_checkout_db.setdefault("postgres", database_url)
-        measure(server.url, load, 4, min(1.0, duration / 5))  # warm-up
         for connections in counts:
+            # Warm up at the count measured: the pools fill and the caches settle first.
+            measure(server.url, load, connections, min(2.0, duration / 5))
             result = measure(server.url, load, connections, duration)
             violations = scenario.invariants(database_url) if scenario.invariants else []
             results.append({**result, "connections": connections, "violations": violations})
@@ -951,7 +952,7 @@ def write_report(
         "",
         f"Load generator: {', '.join(sorted(t for t in tools if t))}. Invariants are checked on"
         " the scenario's database after each measurement and are cumulative: a row includes what"
-        " the warm-up (4 connections) and the lower connection counts before it did.",
+        " the warm-ups (at the count measured, 2 s each) and the lower connection counts before it did.",
     ]
     if windows:
         lines += [

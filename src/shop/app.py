@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -40,7 +41,12 @@ def build_engine(settings: Settings) -> AsyncEngine:
     return create_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        # A fixed pool by default. An overflow connection is closed when it is returned to a
+        # full pool and opened again at the next burst (a backend fork, authentication and
+        # asyncpg's type introspection each time): with a pool of 20 and 20 more allowed,
+        # the card checkout at 64 connections reconnected ~190 times in 12 s and served
+        # 384 instead of 530 requests a second (bench/README.md).
+        max_overflow=settings.db_max_overflow,
         # No pre-ping round trip per checkout: a connection found dead before COMMIT makes the
         # unit of work re-run the whole request on a fresh one.
         pool_pre_ping=False,
@@ -86,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.admin_email and settings.admin_password:
             await _ensure_admin(engine, settings)
         await store.start(engine)
+        _freeze_startup_objects()
         try:
             yield
         finally:
@@ -126,6 +133,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", static_files(), name="static")
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]
     return app
+
+
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Move what start-up made (modules, routes, models, tables) out of the collector's way.
+
+    A full (generation 2) collection walks every tracked object; with the app loaded that is
+    ~180,000 of them, and each such collection stalled the event loop for 90-135 ms under
+    load, every request in flight waiting. Frozen objects are never collected, so this runs
+    once per process, after a collection, when what is alive is what start-up built to keep.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
 
 
 async def _ensure_admin(engine: AsyncEngine, settings: Settings) -> None:
