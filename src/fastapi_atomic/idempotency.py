@@ -113,22 +113,28 @@ class IdempotencyKeys:
         async def claim_key(
             request: Request, owner_id: Any = Depends(owner)
         ) -> IdempotencyContext | None:
-            key = request.headers.get(self.header)
-            if key is None:
-                return None
-            if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
-                raise HTTPException(
-                    422, f"{self.header} must be 1 to 255 printable ASCII characters."
-                )
-            uow = unit_of_work_of(request)
-            context = IdempotencyContext(str(owner_id), key, await _fingerprint(request))
-            await self._claim(uow, context)
-            uow.capture_response = True
-            uow.before_commit(lambda: self._store(uow.db, uow, context))
-            uow.on_rollback(lambda: self._after_rollback(uow, context))
-            return context
+            return await self.claim(request, str(owner_id))
 
         return claim_key
+
+    async def claim(self, request: Request, owner: str) -> IdempotencyContext | None:
+        """Claim the request's key for ``owner``, or replay, or refuse; None without a key.
+
+        For code that already knows the owner (a dependency of the app's own that folds
+        several checks into one); routes usually declare :meth:`dependency` instead.
+        """
+        key = request.headers.get(self.header)
+        if key is None:
+            return None
+        if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+            raise HTTPException(422, f"{self.header} must be 1 to 255 printable ASCII characters.")
+        uow = unit_of_work_of(request)
+        context = IdempotencyContext(owner, key, await _fingerprint(request))
+        await self._claim(uow, context)
+        uow.capture_response = True
+        uow.before_commit(lambda: self._store(uow.db, uow, context))
+        uow.on_rollback(lambda: self._after_rollback(uow, context))
+        return context
 
     # --- claiming ------------------------------------------------------------------
 

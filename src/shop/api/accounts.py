@@ -1,14 +1,16 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
-from fastapi_atomic import DB, UoW
+from fastapi_atomic import DB
 from shop.services import accounts, deposits
 
-from .deps import Csrf, CurrentUser, Gateway, Idempotent
+from .deps import CurrentUser, CustomerDep
+from .routing import json_response
 from .schemas import AccountOut, DepositIn, DepositOut, PathId
 
-router = APIRouter(prefix="/api/accounts", tags=["accounts"], dependencies=[Csrf])
+# The CSRF check is CustomerDep's; listing accounts only reads.
+router = APIRouter(prefix="/api/accounts", tags=["accounts"])
 
 
 @router.get("")
@@ -19,23 +21,17 @@ async def list_accounts(db: DB, user: CurrentUser) -> list[AccountOut]:
 @router.post(
     "/{account_id}/deposits",
     status_code=status.HTTP_201_CREATED,
+    response_model=DepositOut,
     responses={402: {}, 404: {}, 503: {}},
 )
-async def deposit(
-    account_id: PathId,
-    body: DepositIn,
-    uow: UoW,
-    user: CurrentUser,
-    gateway: Gateway,
-    idempotency: Idempotent,
-) -> DepositOut:
+async def deposit(account_id: PathId, body: DepositIn, customer: CustomerDep) -> Response:
     record = await deposits.deposit(
-        uow,
-        gateway,
-        user_id=user.id,
+        customer.uow,
+        customer.gateway,
+        user_id=customer.user.id,
         account_id=account_id,
         amount=body.amount,
         card_number=body.card_number,
-        payment_key=idempotency.external_key("deposit") if idempotency else None,
+        payment_key=customer.payment_key("deposit"),
     )
-    return DepositOut.model_validate(record)
+    return json_response(DepositOut.model_validate(record), status.HTTP_201_CREATED)

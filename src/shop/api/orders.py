@@ -1,52 +1,49 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from fastapi_atomic import UoW
 from shop.db.models import Order
 from shop.services import orders
 from shop.services.orders import Line
 
-from .deps import Csrf, CurrentUser, Gateway, Idempotent, SessionOrders
+from .deps import CurrentUser, CustomerDep
+from .routing import json_response
 from .schemas import AccountPayment, OrderIn, OrderOut, PathId
 
-router = APIRouter(prefix="/api/orders", tags=["orders"], dependencies=[Csrf])
+# No router-wide CSRF dependency: placing an order checks it in CustomerDep, and the other
+# routes here only read.
+router = APIRouter(prefix="/api/orders", tags=["orders"])
 
 
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
+    response_model=OrderOut,
     responses={402: {}, 404: {}, 409: {}, 503: {}},
 )
-async def place_order(
-    body: OrderIn,
-    uow: UoW,
-    user: CurrentUser,
-    gateway: Gateway,
-    idempotency: Idempotent,
-    session_orders: SessionOrders,
-) -> OrderOut:
+async def place_order(body: OrderIn, customer: CustomerDep) -> Response:
     lines = [Line(item.product_id, item.quantity) for item in body.items]
     order: orders.PlacedOrder | Order
     if isinstance(body.payment, AccountPayment):
         order = await orders.checkout_with_account(
-            uow.db,
-            user_id=user.id,
+            customer.uow.db,
+            user_id=customer.user.id,
             lines=lines,
             account_id=body.payment.account_id,
-            placed=session_orders.append_now,
+            placed=customer.add_order_id_now,
         )
     else:
         order = await orders.checkout_with_card(
-            uow,
-            gateway,
-            user_id=user.id,
+            customer.uow,
+            customer.gateway,
+            user_id=customer.user.id,
             lines=lines,
             card_number=body.payment.card_number,
-            payment_key=idempotency.external_key("order") if idempotency else None,
+            payment_key=customer.payment_key("order"),
         )
-        session_orders.append(order.id)
-    return OrderOut.model_validate(order)
+        customer.add_order_id(order.id)
+    return json_response(OrderOut.model_validate(order), status.HTTP_201_CREATED)
 
 
 @router.get("")

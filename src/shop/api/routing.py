@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+from pydantic import BaseModel
 
 
 class RequestRoute(APIRoute):
@@ -43,3 +44,9 @@ class RequestRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
         return handler
+
+
+def json_response(model: BaseModel, status_code: int = 200) -> Response:
+    """``model`` as the response, as is: FastAPI validates and encodes a returned model again
+    against the route's response model, which the route documents but need not re-check."""
+    return Response(model.model_dump_json(), status_code, media_type="application/json")

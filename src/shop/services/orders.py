@@ -161,16 +161,12 @@ async def checkout_with_account(
     """One transaction: debit, the paid order and the stock together (stock last).
 
     ``placed`` is called with the order's id before the stock is taken, for writes that
-    belong to the same transaction and should not hold the product rows' locks longer (on
-    PostgreSQL, where one statement does it all, right after it).
+    belong to the same transaction and should not hold the product rows' locks longer.
     """
     if _on_postgres(db):
-        order = await orders_pg.place_account_order(
-            db, merge_lines(lines), user_id=user_id, account_id=account_id
+        return await orders_pg.place_account_order(
+            db, merge_lines(lines), user_id=user_id, account_id=account_id, placed=placed
         )
-        if placed is not None:
-            await placed(order.id)
-        return order
     items = await _price(db, merge_lines(lines))
     debit = {"account": account_id, "user": user_id, "amount": total_of(items)}
     if (await db.execute(_DEBIT, debit)).rowcount != 1:  # type: ignore[attr-defined]

@@ -1,0 +1,59 @@
+"""Every unsafe API route refuses a session without its CSRF token, before it changes anything.
+
+Routes check the token in different places (a router's dependency, the checkout's folded
+CustomerDep, a route's own); this walks the app's routes, so a new one that forgets is caught.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from shop_testing import Shopper
+
+UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+#: signing up and logging in need no token (CONTRACT.md)
+NO_TOKEN_NEEDED = {("POST", "/api/users"), ("POST", "/api/session")}
+
+
+def unsafe_api_routes(app: FastAPI) -> list[tuple[str, str]]:
+    found = []
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path.startswith("/api"):
+            for method in sorted(route.methods & UNSAFE):
+                if (method, route.path) not in NO_TOKEN_NEEDED:
+                    found.append((method, route.path))
+    return found
+
+
+async def test_every_unsafe_route_needs_the_token(
+    app: FastAPI, admin: Shopper, new_shopper: Callable[..., Any]
+) -> None:
+    shopper: Shopper = await new_shopper()
+    product = await admin.post(
+        "/api/products", {"sku": "mug", "name": "Mug", "price": 1, "stock": 5}
+    )
+    assert product.status_code == 201
+    routes = unsafe_api_routes(app)
+    assert ("POST", "/api/orders") in routes and ("DELETE", "/api/session") in routes
+
+    async def state() -> list[Any]:
+        return [
+            (await admin.get("/api/products")).json(),
+            (await shopper.get("/api/accounts")).json(),
+            (await shopper.get("/api/orders")).json(),
+            (await shopper.get("/api/session")).json(),
+            len((await shopper.get("/api/sessions")).json()),
+        ]
+
+    before = await state()
+    for method, path in routes:
+        url = re.sub(r"\{[^}]+\}", str(shopper.account_id), path)
+        for caller in (shopper, admin):
+            for headers in ({}, {"X-CSRF-Token": "not-the-token"}):
+                response = await caller.client.request(method, url, json={}, headers=headers)
+                assert response.status_code == 403, (method, path, response.text)
+    assert await state() == before
