@@ -14,14 +14,21 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
+
+from .pool import FairAsyncAdaptedQueuePool
 
 #: execution option read by the SQLite ``begin`` listener: "IMMEDIATE" or "DEFERRED"
 SQLITE_BEGIN_OPTION = "fastapi_atomic_sqlite_begin"
 
 
 def create_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000, **kwargs: Any) -> AsyncEngine:
-    """``create_async_engine`` plus the SQLite set-up above; other databases pass through."""
+    """``create_async_engine`` plus the SQLite set-up above, and a pool that serves waiting
+    requests in arrival order (:mod:`.pool`) wherever SQLAlchemy would use its asyncio queue
+    pool; a ``poolclass`` given is kept."""
     engine = create_async_engine(url, **kwargs)
+    if "poolclass" not in kwargs and type(engine.sync_engine.pool) is AsyncAdaptedQueuePool:
+        engine = create_async_engine(url, poolclass=FairAsyncAdaptedQueuePool, **kwargs)
     if engine.dialect.name == "sqlite":
         configure_sqlite(engine, busy_timeout_ms=sqlite_busy_timeout_ms)
     return engine

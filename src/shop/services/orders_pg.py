@@ -10,12 +10,12 @@ to come round again.
   and takes the stock of all lines or none, with the order, its items and the payment's row.
   It is correct on its own, so the reserve phase runs it in autocommit
   (``run_phase(one_statement=True)``) and its row locks end with it. Settling is a second one.
-- An order paid from an account is two statements in the request's transaction: the debit
-  and the order, at prices read without a lock; then, after the web session is written, the
-  stock (every row locked in id order) and the items, the price checked again under the lock.
-  Product rows are the contended ones, and taken last they stay locked across COMMIT alone:
-  taking them in the first statement held them across the web session's write too, and the
-  account checkout's p99 at 64 connections was 653 ms, not 287 (bench/README.md).
+- An order paid from an account is two statements in the request's transaction: the order
+  at prices read without a lock; then, after the web session is written, every lock at once:
+  the stock (product rows locked in id order), the debit and the items, the prices checked
+  again under the lock. Locked last, the rows stay locked across COMMIT alone. Taking the
+  stock and the debit in the first statement held those rows across the web session's write
+  too (p99 653 and 808 ms at 64 connections, bench/README.md).
 
 Each statement answers one row per line, so a failure says which product was missing (404),
 which account (404) or why it was short (402, 409) without another query.
@@ -102,9 +102,8 @@ ORDER BY w.product_id
     .columns(created_at=UTCDateTime, price=BigInteger, earlier_total=BigInteger)
 )
 
-# Paid from an account, before the stock: prices read without a lock; the debit, conditional
-# like every balance change, only when every product exists; the order, only when the debit
-# was made. The balance is answered as the statement found it, to say why there was no order.
+# Paid from an account, first: prices read without a lock, and the order, only when every
+# product exists and the account is the user's. Nothing is locked but the order's new row.
 _PLACE_PAID_ORDER = (
     text(
         f"""
@@ -113,21 +112,16 @@ WITH {_WANTED}, priced AS (
     FROM wanted w JOIN products p ON p.id = w.product_id
 ), cost AS (
     SELECT sum(quantity * price) AS total, count(*) AS lines FROM priced
-), debit AS (
-    UPDATE accounts SET balance = balance - (SELECT total FROM cost)
-    WHERE id = :account_id AND user_id = :user_id
-      AND (SELECT lines FROM cost) = cardinality(:product_ids)
-      AND balance >= (SELECT total FROM cost)
-    RETURNING id
+), owned AS (
+    SELECT id FROM accounts WHERE id = :account_id AND user_id = :user_id
 ), new_order AS (
     INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key,
                         created_at, updated_at)
     SELECT :user_id, 'paid', total, 'account', :account_id, NULL, :now, :now
-    FROM cost WHERE EXISTS (SELECT 1 FROM debit)
+    FROM cost WHERE lines = cardinality(:product_ids) AND EXISTS (SELECT 1 FROM owned)
     RETURNING id, created_at
 )
-SELECT w.product_id, w.quantity, p.price, o.id AS order_id, o.created_at,
-       (SELECT balance FROM accounts WHERE id = :account_id AND user_id = :user_id) AS balance
+SELECT w.product_id, w.quantity, p.price, o.id AS order_id, o.created_at
 FROM wanted w
 LEFT JOIN priced p ON p.product_id = w.product_id
 LEFT JOIN new_order o ON true
@@ -140,16 +134,19 @@ ORDER BY w.product_id
         bindparam("account_id", type_=Integer),
         bindparam("now", type_=UTCDateTime),
     )
-    .columns(created_at=UTCDateTime, price=BigInteger, balance=BigInteger)
+    .columns(created_at=UTCDateTime, price=BigInteger)
 )
 
-# The stock of a paid order, last: the rows locked in id order, each line taken if there is
-# enough, its item written at the price as locked (the caller compares it with what was
-# charged). The items come only now, under the lock: an item's foreign key takes a KEY SHARE
-# lock on its product, and transactions that held those while queueing for the rows' update
-# locks deadlocked with the card's reserve (1-19 deadlocks in 1,200 mixed orders of two
-# products; none with the items written here).
-_TAKE_STOCK = (
+# Then, last, after the web session is written: the product rows locked in id order, each line
+# taken if there is enough, the account debited by what the order charged, and the items
+# written at the prices as locked (the caller compares them with what was charged). Every row
+# lock of the checkout is taken here, so each is held across COMMIT alone: the account row
+# too, which a customer's other tab may be waiting for. The debit's condition reads ``locked``
+# so that the product rows are locked before the account row, always in that order. The
+# items come only under the lock: an item's foreign key takes a KEY SHARE lock on its product,
+# and transactions that held those while queueing for the rows' update locks deadlocked with
+# the card's reserve (1-19 deadlocks in 1,200 mixed orders of two products; none like this).
+_PAY_AND_TAKE_STOCK = (
     text(
         f"""
 WITH {_WANTED}, {_LOCKED.format(unless="")}, taken AS (
@@ -157,14 +154,27 @@ WITH {_WANTED}, {_LOCKED.format(unless="")}, taken AS (
     FROM wanted w
     WHERE p.id = w.product_id AND p.stock >= w.quantity AND p.id IN (SELECT id FROM locked)
     RETURNING p.id, w.quantity, p.price
+), debit AS (
+    UPDATE accounts SET balance = balance - :total
+    WHERE id = :account_id AND user_id = :user_id AND balance >= :total
+      AND (SELECT count(*) FROM locked) >= 0
+    RETURNING id
 ), items AS (
     INSERT INTO order_items (order_id, product_id, quantity, unit_price)
     SELECT :order_id, id, quantity, price FROM taken
 )
-SELECT id, price FROM taken
+SELECT w.product_id, t.price, (SELECT count(*) FROM debit) AS debited
+FROM wanted w LEFT JOIN taken t ON t.id = w.product_id
+ORDER BY w.product_id
 """
     )
-    .bindparams(*_LINE_BINDS, bindparam("order_id", type_=Integer))
+    .bindparams(
+        *_LINE_BINDS,
+        bindparam("order_id", type_=Integer),
+        bindparam("user_id", type_=Integer),
+        bindparam("account_id", type_=Integer),
+        bindparam("total", type_=BigInteger),
+    )
     .columns(price=BigInteger)
 )
 
@@ -243,27 +253,24 @@ async def place_account_order(
     Failures are named in the portable checkout's order: a missing product, the account, its
     funds, then the stock.
     """
-    params = {**_lines(lines), "user_id": user_id, "account_id": account_id, "now": utcnow()}
-    rows = (await db.execute(_PLACE_PAID_ORDER, params)).all()
-    first = rows[0]
-    if first.order_id is None:
+    account = {"user_id": user_id, "account_id": account_id}
+    rows = (
+        await db.execute(_PLACE_PAID_ORDER, {**_lines(lines), **account, "now": utcnow()})
+    ).all()
+    if rows[0].order_id is None:
         _missing_product(rows)
-        if first.balance is None:
-            raise NotFound(f"Account {account_id} not found.")
-        if first.balance < sum(row.quantity * row.price for row in rows):
-            raise PaymentDeclined(f"Insufficient funds in account {account_id}.")
-        # Enough on what the statement saw, yet the debit failed: the balance moved between
-        # its snapshot and the row lock. Run the request again.
-        raise ConcurrentChange(f"The balance of account {account_id} changed meanwhile.")
+        raise NotFound(f"Account {account_id} not found.")
     order = _placed(rows, "paid")
     if placed is not None:
         await placed(order.id)
-    stock = {**_lines(lines), "order_id": order.id}
-    taken = {row.id: row.price for row in await db.execute(_TAKE_STOCK, stock)}
-    for item in order.items:
-        if item.product_id not in taken:
+    paid = {**_lines(lines), **account, "order_id": order.id, "total": order.total}
+    taken = (await db.execute(_PAY_AND_TAKE_STOCK, paid)).all()
+    if not taken[0].debited:
+        raise PaymentDeclined(f"Insufficient funds in account {account_id}.")
+    for item, row in zip(order.items, taken, strict=True):
+        if row.price is None:
             raise Conflict(f"Not enough stock for product {item.product_id}.")
-        if taken[item.product_id] != item.unit_price:
+        if row.price != item.unit_price:
             raise ConcurrentChange(f"The price of product {item.product_id} changed meanwhile.")
     return order
 

@@ -340,7 +340,7 @@ async def test_a_balance_drained_while_checkout_waits_for_it_is_402(
     app: FastAPI, admin: Shopper, new_shopper: NewShopper
 ) -> None:
     """The account row is locked by a withdrawal that commits while the order waits for it: the
-    order's statement saw the old balance, its debit the new one; it is re-run and declined."""
+    order saw the old balance, its debit, under the lock, the new one: declined, nothing kept."""
     if app.state.engine.dialect.name != "postgresql":
         pytest.skip("SQLite has one writer: nothing can drain the account meanwhile")
     shopper: Shopper = await new_shopper()

@@ -1,0 +1,98 @@
+"""FairQueue: the pool's idle connections, handed out in the order requests asked for them."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
+
+from fastapi_atomic.pool import FairQueue
+
+
+async def take(queue: AsyncAdaptedQueue[str], pool_timeout: float | None = 5.0) -> str:
+    """What the pool does on checkout: a blocking get, from inside SQLAlchemy's greenlet."""
+    item: str = await greenlet_spawn(queue.get, True, pool_timeout)
+    return item
+
+
+async def waiting(queue: FairQueue[str], count: int) -> None:
+    """Until ``count`` takers are queued (a few turns of the loop)."""
+    for _ in range(100):
+        if sum(not w.done() for w in queue._waiters) >= count:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{count} takers never queued")
+
+
+async def test_an_idle_item_is_taken_at_once() -> None:
+    queue: FairQueue[str] = FairQueue(2)
+    queue.put_nowait("a")
+    assert await take(queue) == "a"
+
+
+async def test_a_returned_item_goes_to_the_longest_waiter() -> None:
+    queue: FairQueue[str] = FairQueue(2)
+    first = asyncio.create_task(take(queue))
+    await waiting(queue, 1)
+    second = asyncio.create_task(take(queue))
+    await waiting(queue, 2)
+    queue.put_nowait("a")
+    queue.put_nowait("b")
+    assert (await first, await second) == ("a", "b")
+
+
+async def test_a_newcomer_does_not_overtake_a_waiter() -> None:
+    """The race SQLAlchemy's own queue loses: returned, then asked for in the same turn."""
+    queue: FairQueue[str] = FairQueue(2)
+    waiter = asyncio.create_task(take(queue))
+    await waiting(queue, 1)
+    queue.put_nowait("a")  # a request gives its connection back...
+    with pytest.raises(Empty):
+        queue.get(block=False)  # ...and another, already running, asks at once
+    assert await waiter == "a"
+
+
+async def test_the_plain_queue_lets_a_newcomer_overtake() -> None:
+    """What the pool replaces: this is why the woken waiter had to queue again."""
+    queue: AsyncAdaptedQueue[str] = AsyncAdaptedQueue(2)
+    waiter = asyncio.create_task(take(queue, pool_timeout=0.05))
+    await asyncio.sleep(0.01)
+    queue.put_nowait("a")
+    assert queue.get(block=False) == "a"
+    with pytest.raises(Empty):
+        await waiter
+
+
+async def test_a_waiter_that_times_out_raises_empty_and_is_skipped() -> None:
+    queue: FairQueue[str] = FairQueue(2)
+    with pytest.raises(Empty):
+        await take(queue, pool_timeout=0.01)
+    queue.put_nowait("a")
+    assert queue.get(block=False) == "a"
+
+
+async def test_a_waiter_cancelled_after_the_handover_passes_the_item_on() -> None:
+    """A request cancelled (its client went away) must not take a connection with it."""
+    queue: FairQueue[str] = FairQueue(2)
+    doomed = asyncio.create_task(take(queue))
+    await waiting(queue, 1)
+    queue.put_nowait("a")  # handed to the doomed waiter, which has not run yet
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert queue.get(block=False) == "a"
+
+
+async def test_a_waiter_cancelled_before_the_handover_is_skipped() -> None:
+    queue: FairQueue[str] = FairQueue(2)
+    doomed = asyncio.create_task(take(queue))
+    await waiting(queue, 1)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    later = asyncio.create_task(take(queue))
+    await waiting(queue, 1)
+    queue.put_nowait("a")
+    assert await later == "a"
