@@ -6,20 +6,25 @@ from __future__ import annotations
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fastapi_atomic.websession.cache import trigger_name
 from shop.db.migrate import alembic_config, upgrade
 from shop.db.models import web_sessions
 
 
+async def downgrade(engine: AsyncEngine, url: str, revision: str) -> None:
+    def run(connection: Connection) -> None:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
 async def test_the_cache_trigger_migration_downgrades_and_upgrades(postgres_url: str) -> None:
     engine = create_async_engine(postgres_url)
-
-    def downgrade(connection: Connection) -> None:
-        config = alembic_config(postgres_url)
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0002")
 
     async def triggers() -> int:
         async with engine.connect() as connection:
@@ -31,8 +36,7 @@ async def test_the_cache_trigger_migration_downgrades_and_upgrades(postgres_url:
 
     try:
         assert await triggers() == 1
-        async with engine.begin() as connection:
-            await connection.run_sync(downgrade)
+        await downgrade(engine, postgres_url, "0002")
         assert await triggers() == 0
     finally:
         await upgrade(postgres_url)
@@ -46,11 +50,6 @@ async def test_the_versioned_notifications_migration_downgrades_and_upgrades(
     """0004 makes the trigger say the new version; going back to 0003 says the key alone."""
     engine = create_async_engine(postgres_url)
 
-    def downgrade(connection: Connection) -> None:
-        config = alembic_config(postgres_url)
-        config.attributes["connection"] = connection
-        command.downgrade(config, "0003")
-
     async def says_the_version() -> bool:
         async with engine.connect() as connection:
             source = await connection.scalar(
@@ -61,8 +60,7 @@ async def test_the_versioned_notifications_migration_downgrades_and_upgrades(
 
     try:
         assert await says_the_version()
-        async with engine.begin() as connection:
-            await connection.run_sync(downgrade)
+        await downgrade(engine, postgres_url, "0003")
         assert not await says_the_version()
     finally:
         await upgrade(postgres_url)

@@ -94,13 +94,19 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
     return time.monotonic() - started
 
 
+async def stored(store: WebSessionStore, engine: AsyncEngine, record: SessionRecord) -> str:
+    """A new session holding ``record``, created through ``store``; its key."""
+    key = new_key()
+    async with unit_of_work(engine) as uow:
+        await store.create(key, record, uow)
+    return key
+
+
 async def cached_in_reader(
     writer: WebSessionStore, reader: WebSessionStore, engine: AsyncEngine, record: SessionRecord
 ) -> str:
     """A session created through ``writer`` and read twice through ``reader`` (then cached)."""
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await writer.create(key, record, uow)
+    key = await stored(writer, engine, record)
     first = await load(reader, engine, key)
     assert first is not None and first.data == record.data
     assert await load(reader, engine, key) == first
@@ -165,9 +171,7 @@ async def test_a_dropped_feed_empties_the_cache_until_it_is_back(
 ) -> None:
     (store, _), engine = two_processes
     cache = store.cache  # type: ignore[attr-defined]
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await store.create(key, make_record("8"), uow)
+    key = await stored(store, engine, make_record("8"))
     await load(store, engine, key)
     assert len(cache) == 1
 
@@ -206,9 +210,7 @@ async def test_without_the_trigger_the_sql_cache_stays_off(postgres_engine: Asyn
     await store.start(postgres_engine)
     try:
         assert store.cache is not None and not store.cache.live
-        key = new_key()
-        async with unit_of_work(postgres_engine) as uow:
-            await store.create(key, make_record(), uow)
+        key = await stored(store, postgres_engine, make_record())
         await load(store, postgres_engine, key)
         assert len(store.cache) == 0
     finally:
@@ -246,9 +248,7 @@ async def test_the_writer_serves_what_it_committed_from_memory(
     """Its own message, arriving after the COMMIT for the same version, leaves it cached."""
     (writer, _), engine = two_processes
     cache = writer.cache  # type: ignore[attr-defined]
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await writer.create(key, make_record("9", step=1), uow)
+    key = await stored(writer, engine, make_record("9", step=1))
     async with unit_of_work(engine) as uow:
         current = await writer.load(key, uow)
         assert current is not None
@@ -284,9 +284,7 @@ async def test_a_write_rolled_back_after_it_was_written_is_not_cached_by_the_wri
     two_processes: tuple[list[WebSessionStore], AsyncEngine],
 ) -> None:
     (writer, _), engine = two_processes
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await writer.create(key, make_record("11", a=1), uow)
+    key = await stored(writer, engine, make_record("11", a=1))
     async with unit_of_work(engine, commit=False) as uow:
         await writer.update(key, Changes([("set", "a", 2)]), uow)
     await asyncio.sleep(0.05)
@@ -300,9 +298,7 @@ async def test_the_writer_stops_serving_a_session_it_deleted_at_once(
 ) -> None:
     """No waiting for the message: the logout's own process answers 401 right away."""
     (writer, _), engine = two_processes
-    key = new_key()
-    async with unit_of_work(engine) as uow:
-        await writer.create(key, make_record("12"), uow)
+    key = await stored(writer, engine, make_record("12"))
     assert await load(writer, engine, key) is not None
     async with unit_of_work(engine) as uow:
         await writer.delete(key, uow)
