@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from shop.app import create_app
 from shop.settings import Settings
@@ -79,3 +82,76 @@ async def log_in(app: FastAPI, email: str, password: str) -> tuple[httpx.AsyncCl
     response = await browser.post("/api/session", json={"email": email, "password": password})
     assert response.status_code == 200, response.text
     return browser, response.json()["csrf_token"]
+
+
+# --- money and stock through the API -------------------------------------------------------
+
+OK_CARD = "4242424242424242"
+DECLINED = "4000000000000002"
+NO_FUNDS = "4000000000009995"
+TRANSIENT = "4000000000000119"
+
+NewShopper = Callable[..., Any]
+
+
+async def add_product(admin: Shopper, sku: str, price: int = 1000, stock: int = 10) -> int:
+    response = await admin.post(
+        "/api/products", {"sku": sku, "name": sku.title(), "price": price, "stock": stock}
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+async def deposit(shopper: Shopper, amount: int, card: str = OK_CARD, **headers: str) -> Any:
+    return await shopper.post(
+        f"/api/accounts/{shopper.account_id}/deposits",
+        {"amount": amount, "card_number": card},
+        **headers,
+    )
+
+
+def card(number: str = OK_CARD) -> dict[str, str]:
+    return {"method": "card", "card_number": number}
+
+
+def from_account(shopper: Shopper) -> dict[str, Any]:
+    return {"method": "account", "account_id": shopper.account_id}
+
+
+async def order(
+    shopper: Shopper, items: list[tuple[int, int]], payment: Any, **headers: str
+) -> Any:
+    body = {"items": [{"product_id": p, "quantity": q} for p, q in items], "payment": payment}
+    return await shopper.post("/api/orders", body, **headers)
+
+
+async def snapshot(shopper: Shopper) -> dict[str, Any]:
+    """What a failed request must leave untouched, as the API shows it."""
+    session = (await shopper.get("/api/session")).json()
+    return {
+        "products": (await shopper.get("/api/products")).json(),
+        "accounts": (await shopper.get("/api/accounts")).json(),
+        "orders": (await shopper.get("/api/orders")).json(),
+        "order_ids": session["order_ids"],
+    }
+
+
+class Deadlocks:
+    """Deadlocks PostgreSQL broke while a test ran: retried requests and retried phases.
+
+    A retry hides a deadlock from the client, but each one cost a second (deadlock_timeout)
+    and means a lock order is wrong.
+    """
+
+    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
+        self._caplog = caplog
+        self._requests = self._retried_requests()
+        caplog.set_level(logging.INFO, logger="fastapi_atomic")
+
+    @staticmethod
+    def _retried_requests() -> float:
+        return REGISTRY.get_sample_value("atomic_retries_total", {"reason": "deadlock"}) or 0.0
+
+    def count(self) -> float:
+        phases = sum("after deadlock" in r.getMessage() for r in self._caplog.records)
+        return self._retried_requests() - self._requests + phases

@@ -19,6 +19,16 @@ to come round again.
 
 Each statement answers one row per line, so a failure says which product was missing (404),
 which account (404) or why it was short (402, 409) without another query.
+
+Under READ COMMITTED a statement's snapshot is taken when it starts, before its locks: a row
+another transaction changed while this one waited for it is read as locked (newest version)
+by the locking CTE, but an UPDATE of it computes its new row from the snapshot's version
+first, checks the table's CHECK constraints on that, and only then finds the row moved on
+and recomputes. ``stock = stock - 1`` on a snapshot that predates a release of stock fails
+``stock >= 0`` (a 500), and ``WHERE stock >= 1`` on it skips the row (a false 409). So every
+new value and every condition is computed from the locked rows (``l.stock``, ``acc.balance``),
+never from the updated row's own columns. ``tests/integration/shop/test_locked_rows.py``
+holds such changes open while a checkout or a transfer waits for them.
 """
 
 from __future__ import annotations
@@ -65,10 +75,10 @@ WITH {_WANTED}, earlier AS (
     SELECT count(*) = cardinality(:product_ids) AS ok
     FROM wanted w JOIN locked l ON l.id = w.product_id WHERE l.stock >= w.quantity
 ), taken AS (
-    UPDATE products p SET stock = p.stock - w.quantity
-    FROM wanted w
-    WHERE p.id = w.product_id AND (SELECT ok FROM servable)
-    RETURNING p.id, w.quantity, p.price
+    UPDATE products p SET stock = l.stock - w.quantity
+    FROM wanted w JOIN locked l ON l.id = w.product_id
+    WHERE p.id = l.id AND (SELECT ok FROM servable)
+    RETURNING p.id, w.quantity, l.price
 ), cost AS (
     SELECT sum(quantity * price) AS total, count(*) AS lines FROM taken
 ), new_order AS (
@@ -141,8 +151,8 @@ ORDER BY w.product_id
 # taken if there is enough, the account debited by what the order charged, and the items
 # written at the prices as locked (the caller compares them with what was charged). Every row
 # lock of the checkout is taken here, so each is held across COMMIT alone: the account row
-# too, which a customer's other tab may be waiting for. The debit's condition reads ``locked``
-# so that the product rows are locked before the account row, always in that order. The
+# too, which a customer's other tab may be waiting for. The account's lock reads ``locked`` so
+# that the product rows are locked before the account row, always in that order. The
 # items come only under the lock: an item's foreign key takes a KEY SHARE lock on its product,
 # and transactions that held those while queueing for the rows' update locks deadlocked with
 # the card's reserve (1-19 deadlocks in 1,200 mixed orders of two products; none like this).
@@ -150,15 +160,19 @@ _PAY_AND_TAKE_STOCK = (
     text(
         f"""
 WITH {_WANTED}, {_LOCKED.format(unless="")}, taken AS (
-    UPDATE products p SET stock = p.stock - w.quantity
-    FROM wanted w
-    WHERE p.id = w.product_id AND p.stock >= w.quantity AND p.id IN (SELECT id FROM locked)
-    RETURNING p.id, w.quantity, p.price
+    UPDATE products p SET stock = l.stock - w.quantity
+    FROM wanted w JOIN locked l ON l.id = w.product_id
+    WHERE p.id = l.id AND l.stock >= w.quantity
+    RETURNING p.id, w.quantity, l.price
+), account AS MATERIALIZED (
+    SELECT id, balance FROM accounts
+    WHERE id = :account_id AND user_id = :user_id AND (SELECT count(*) FROM locked) >= 0
+    FOR NO KEY UPDATE
 ), debit AS (
-    UPDATE accounts SET balance = balance - :total
-    WHERE id = :account_id AND user_id = :user_id AND balance >= :total
-      AND (SELECT count(*) FROM locked) >= 0
-    RETURNING id
+    UPDATE accounts a SET balance = acc.balance - :total
+    FROM account acc
+    WHERE a.id = acc.id AND acc.balance >= :total
+    RETURNING a.id
 ), items AS (
     INSERT INTO order_items (order_id, product_id, quantity, unit_price)
     SELECT :order_id, id, quantity, price FROM taken

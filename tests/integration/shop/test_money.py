@@ -8,90 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from prometheus_client import REGISTRY
-from shop_testing import Shopper, client_for
-from sqlalchemy import event, select, text
+from shop_testing import (
+    DECLINED,
+    NO_FUNDS,
+    OK_CARD,
+    TRANSIENT,
+    Deadlocks,
+    NewShopper,
+    Shopper,
+    add_product,
+    card,
+    client_for,
+    deposit,
+    from_account,
+    order,
+    snapshot,
+)
+from sqlalchemy import event, select
 
 from shop.db.models import Order, Payment
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.reconcile import reconcile
 from shop.services import orders
-
-OK_CARD = "4242424242424242"
-DECLINED = "4000000000000002"
-NO_FUNDS = "4000000000009995"
-TRANSIENT = "4000000000000119"
-
-NewShopper = Callable[..., Any]
-
-
-async def add_product(admin: Shopper, sku: str, price: int = 1000, stock: int = 10) -> int:
-    response = await admin.post(
-        "/api/products", {"sku": sku, "name": sku.title(), "price": price, "stock": stock}
-    )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-async def deposit(shopper: Shopper, amount: int, card: str = OK_CARD, **headers: str) -> Any:
-    return await shopper.post(
-        f"/api/accounts/{shopper.account_id}/deposits",
-        {"amount": amount, "card_number": card},
-        **headers,
-    )
-
-
-def card(number: str = OK_CARD) -> dict[str, str]:
-    return {"method": "card", "card_number": number}
-
-
-def from_account(shopper: Shopper) -> dict[str, Any]:
-    return {"method": "account", "account_id": shopper.account_id}
-
-
-async def order(
-    shopper: Shopper, items: list[tuple[int, int]], payment: Any, **headers: str
-) -> Any:
-    body = {"items": [{"product_id": p, "quantity": q} for p, q in items], "payment": payment}
-    return await shopper.post("/api/orders", body, **headers)
-
-
-async def snapshot(shopper: Shopper) -> dict[str, Any]:
-    """What a failed request must leave untouched, as the API shows it."""
-    session = (await shopper.get("/api/session")).json()
-    return {
-        "products": (await shopper.get("/api/products")).json(),
-        "accounts": (await shopper.get("/api/accounts")).json(),
-        "orders": (await shopper.get("/api/orders")).json(),
-        "order_ids": session["order_ids"],
-    }
-
-
-class Deadlocks:
-    """Deadlocks PostgreSQL broke while a test ran: retried requests and retried phases.
-
-    A retry hides a deadlock from the client, but each one cost a second (deadlock_timeout)
-    and means a lock order is wrong.
-    """
-
-    def __init__(self, caplog: pytest.LogCaptureFixture) -> None:
-        self._caplog = caplog
-        self._requests = self._retried_requests()
-        caplog.set_level(logging.INFO, logger="fastapi_atomic")
-
-    @staticmethod
-    def _retried_requests() -> float:
-        return REGISTRY.get_sample_value("atomic_retries_total", {"reason": "deadlock"}) or 0.0
-
-    def count(self) -> float:
-        phases = sum("after deadlock" in r.getMessage() for r in self._caplog.records)
-        return self._retried_requests() - self._requests + phases
 
 
 def gateway_of(app: FastAPI) -> FakeGateway:
@@ -334,35 +276,6 @@ async def test_an_order_whose_last_line_is_short_takes_no_stock_at_all(
     assert response.status_code == 409, response.text
     assert f"product {cup}" in response.json()["detail"]
     assert await snapshot(shopper) == before
-
-
-async def test_a_balance_drained_while_checkout_waits_for_it_is_402(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper
-) -> None:
-    """The account row is locked by a withdrawal that commits while the order waits for it: the
-    order saw the old balance, its debit, under the lock, the new one: declined, nothing kept."""
-    if app.state.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has one writer: nothing can drain the account meanwhile")
-    shopper: Shopper = await new_shopper()
-    mug = await add_product(admin, "mug", 1000, 5)
-    await deposit(shopper, 1500)
-    before = await snapshot(shopper)
-    engine = app.state.engine
-    async with engine.connect() as withdrawal:
-        await withdrawal.execute(
-            text("UPDATE accounts SET balance = 0 WHERE id = :id"), {"id": shopper.account_id}
-        )
-        checkout = asyncio.create_task(order(shopper, [(mug, 1)], from_account(shopper)))
-        await asyncio.sleep(0.3)  # the order's statement is waiting on the account row
-        assert not checkout.done()
-        await withdrawal.commit()
-    response = await checkout
-    assert response.status_code == 402, response.text
-    after = await snapshot(shopper)
-    assert after["accounts"] == [{"id": shopper.account_id, "balance": 0}]
-    assert {k: v for k, v in after.items() if k != "accounts"} == {
-        k: v for k, v in before.items() if k != "accounts"
-    }
 
 
 async def test_card_order(app: FastAPI, admin: Shopper, new_shopper: NewShopper) -> None:
@@ -665,6 +578,35 @@ async def test_buyers_of_the_same_two_products_never_deadlock(
     assert [r.status_code for r in responses] == [201] * 32, [r.text for r in responses]
     stock = {p["id"]: p["stock"] for p in (await admin.get("/api/products")).json()}
     assert (stock[mug], stock[cup]) == (8, 8)
+    assert deadlocks.count() == 0
+
+
+async def test_transfers_and_orders_from_the_same_accounts_never_deadlock(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A transfer locks both accounts; an order locks its products, then one of them."""
+    deadlocks = Deadlocks(caplog)
+    mug = await add_product(admin, "mug", 100, 100)
+    buyers: list[Shopper] = [await new_shopper() for _ in range(4)]
+    for buyer in buyers:
+        await deposit(buyer, 10_000)
+
+    def transfer(n: int) -> Any:
+        sender, receiver = buyers[n % 4], buyers[(n + 1 + (n // 4) % 3) % 4]
+        body = {
+            "from_account_id": sender.account_id,
+            "to_account_id": receiver.account_id,
+            "amount": 50,
+        }
+        return sender.post("/api/transfers", body)
+
+    attempts = [transfer(n) for n in range(24)]
+    attempts += [order(buyer, [(mug, 1)], from_account(buyer)) for buyer in buyers * 6]
+    responses = await asyncio.gather(*attempts)
+    assert [r.status_code for r in responses] == [201] * 48, [r.text for r in responses]
+    balances = [(await b.get("/api/accounts")).json()[0]["balance"] for b in buyers]
+    assert sum(balances) == 4 * 10_000 - 24 * 100
+    assert (await admin.get("/api/products")).json()[0]["stock"] == 100 - 24
     assert deadlocks.count() == 0
 
 
