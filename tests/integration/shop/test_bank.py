@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from shop_testing import Shopper, make_settings, running
+from shop_testing import Deadlocks, Shopper, make_settings, running
 
 from shop.settings import Settings
 
@@ -31,8 +31,9 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 
 async def test_random_concurrent_transfers_keep_the_total(
-    app: FastAPI, new_shopper: Callable[..., Any]
+    app: FastAPI, new_shopper: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
+    deadlocks = Deadlocks(caplog)
     shoppers: list[Shopper] = [await new_shopper() for _ in range(10)]
     for shopper in shoppers:
         response = await shopper.post(
@@ -62,3 +63,5 @@ async def test_random_concurrent_transfers_keep_the_total(
     balances = [(await s.get("/api/accounts")).json()[0]["balance"] for s in shoppers]
     assert sum(balances) == 10 * 1000
     assert min(balances) >= 0
+    # Both rows are locked in id order, whichever way the money goes.
+    assert deadlocks.count() == 0
