@@ -150,51 +150,34 @@ def transfer(sender: Shopper, receiver: Shopper, amount: int) -> Awaitable[Any]:
     return sender.post("/api/transfers", body)
 
 
-async def test_transfer_of_money_that_arrived_meanwhile(
-    new_shopper: NewShopper, app: FastAPI
+@pytest.mark.parametrize(
+    ("deposited", "changed", "change", "status", "balances"),
+    [
+        pytest.param(0, "sender", 500, 201, (200, 300), id="money-arrived-meanwhile"),
+        pytest.param(500, "sender", -400, 409, (100, 0), id="money-left-meanwhile"),
+        pytest.param(500, "receiver", 70, 201, (200, 370), id="receiver-credited-meanwhile"),
+    ],
+)
+async def test_transfer_acts_on_the_balances_as_committed_meanwhile(
+    new_shopper: NewShopper,
+    app: FastAPI,
+    deposited: int,
+    changed: str,
+    change: int,
+    status: int,
+    balances: tuple[int, int],
 ) -> None:
+    """A transfer of 300 while another transaction changes one of its two balances."""
     alice: Shopper = await new_shopper()
     bob: Shopper = await new_shopper()
+    if deposited:
+        await deposit(alice, deposited)
     response = await committed_while_waiting(
         app,
-        "UPDATE accounts SET balance = balance + 500 WHERE id = :id",
-        {"id": alice.account_id},
+        "UPDATE accounts SET balance = balance + :change WHERE id = :id",
+        {"id": (alice if changed == "sender" else bob).account_id, "change": change},
         transfer(alice, bob, 300),
     )
-    assert response.status_code == 201, response.text
-    assert (await alice.get("/api/accounts")).json()[0]["balance"] == 200
-    assert (await bob.get("/api/accounts")).json()[0]["balance"] == 300
-
-
-async def test_transfer_of_money_that_left_meanwhile_is_409(
-    new_shopper: NewShopper, app: FastAPI
-) -> None:
-    alice: Shopper = await new_shopper()
-    bob: Shopper = await new_shopper()
-    await deposit(alice, 500)
-    response = await committed_while_waiting(
-        app,
-        "UPDATE accounts SET balance = balance - 400 WHERE id = :id",
-        {"id": alice.account_id},
-        transfer(alice, bob, 300),
-    )
-    assert response.status_code == 409, response.text
-    assert (await alice.get("/api/accounts")).json()[0]["balance"] == 100
-    assert (await bob.get("/api/accounts")).json()[0]["balance"] == 0
-
-
-async def test_a_credit_to_the_receiver_meanwhile_is_kept(
-    new_shopper: NewShopper, app: FastAPI
-) -> None:
-    alice: Shopper = await new_shopper()
-    bob: Shopper = await new_shopper()
-    await deposit(alice, 500)
-    response = await committed_while_waiting(
-        app,
-        "UPDATE accounts SET balance = balance + 70 WHERE id = :id",
-        {"id": bob.account_id},
-        transfer(alice, bob, 300),
-    )
-    assert response.status_code == 201, response.text
-    assert (await alice.get("/api/accounts")).json()[0]["balance"] == 200
-    assert (await bob.get("/api/accounts")).json()[0]["balance"] == 370
+    assert response.status_code == status, response.text
+    after = [(await s.get("/api/accounts")).json()[0]["balance"] for s in (alice, bob)]
+    assert tuple(after) == balances
