@@ -19,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fastapi_atomic import idempotency_table
@@ -197,3 +198,10 @@ idempotency_keys = idempotency_table(Base.metadata)
 def table(model: type[Base]) -> Table:
     """The Core table of ``model``, for hot paths that skip the ORM's execution layer."""
     return cast(Table, model.__table__)
+
+
+def on_postgres(db: AsyncSession | AsyncEngine) -> bool:
+    """Whether the services may lock rows and write in one statement (PostgreSQL), or must take
+    the portable path (SQLite, one writer). An engine answers without making a session."""
+    dialect = db.dialect if isinstance(db, AsyncEngine) else db.get_bind().dialect
+    return dialect.name == "postgresql"

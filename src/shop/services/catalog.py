@@ -6,7 +6,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shop.db.models import Product
+from shop.db.models import Product, on_postgres
 from shop.errors import Conflict, NotFound
 
 
@@ -30,7 +30,7 @@ async def update_product(
     db: AsyncSession, product_id: int, *, price: int | None, stock: int | None
 ) -> Product:
     query = select(Product).where(Product.id == product_id)
-    if db.get_bind().dialect.name == "postgresql":
+    if on_postgres(db):
         query = query.with_for_update()
     product = (await db.execute(query)).scalar_one_or_none()
     if product is None:

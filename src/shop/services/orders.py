@@ -34,7 +34,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from fastapi_atomic import ConcurrentChange, UnitOfWork
-from shop.db.models import Account, Order, OrderItem, Payment, Product, table, utcnow
+from shop.db.models import (
+    Account,
+    Order,
+    OrderItem,
+    Payment,
+    Product,
+    on_postgres,
+    table,
+    utcnow,
+)
 from shop.errors import Conflict, GatewayUnavailable, NotFound, PaymentDeclined
 from shop.payments import ChargeResult, GatewayError, PaymentGateway
 
@@ -106,10 +115,6 @@ _SETTLE_PAYMENT = (
 )
 
 
-def _on_postgres(db: AsyncSession) -> bool:
-    return db.get_bind().dialect.name == "postgresql"
-
-
 async def _price(db: AsyncSession, lines: list[Line]) -> list[PlacedItem]:
     """Each line at its product's price (read without a lock: see the module's docstring)."""
     ids = [line.product_id for line in lines]
@@ -163,7 +168,7 @@ async def checkout_with_account(
     ``placed`` is called with the order's id before the stock is taken, for writes that
     belong to the same transaction and should not hold the product rows' locks longer.
     """
-    if _on_postgres(db):
+    if on_postgres(db):
         return await orders_pg.place_account_order(
             db, merge_lines(lines), user_id=user_id, account_id=account_id, placed=placed
         )
@@ -201,11 +206,11 @@ async def checkout_with_card(
     """Reserve, charge, settle (see the module's docstring). Settling uses ``uow.db``."""
     key = payment_key or f"order_{uuid.uuid4().hex}"
     merged = merge_lines(lines)
-    on_postgres = uow.engine.dialect.name == "postgresql"
+    postgres = on_postgres(uow.engine)
 
     async def reserve(db: AsyncSession) -> PlacedOrder | EarlierOrder:
         """The order reserved now, or the one an earlier attempt left."""
-        if on_postgres:
+        if postgres:
             return await orders_pg.reserve_card_order(db, merged, user_id=user_id, payment_key=key)
         if payment_key is not None:  # a retry of a request that got this far may have run
             existing = (await db.execute(_ORDER_BY_KEY, {"key": key})).first()
@@ -227,7 +232,7 @@ async def checkout_with_card(
         await _take_stock(db, items)
         return placed
 
-    reserved = await uow.run_phase(reserve, one_statement=on_postgres)
+    reserved = await uow.run_phase(reserve, one_statement=postgres)
     order_id, total = reserved.id, reserved.total
     if reserved.status == "paid":
         return await get_order(uow.db, user_id=user_id, order_id=order_id)
@@ -280,7 +285,7 @@ async def charge_or_find(
 
 async def settle_order(db: AsyncSession, order_id: int, result: ChargeResult) -> bool:
     """Mark a pending order paid; False if it was no longer pending."""
-    if _on_postgres(db):
+    if on_postgres(db):
         return await orders_pg.settle_card_order(db, order_id, result.charge_id)
     now = utcnow()
     settled = await _end_pending_order(db, order_id, "paid", now)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Integer, Row, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shop.db.models import Account, Transfer, UTCDateTime, table, utcnow
+from shop.db.models import Account, Transfer, UTCDateTime, on_postgres, table, utcnow
 from shop.errors import Conflict, NotFound, Unprocessable
 
 _accounts = table(Account)
@@ -94,7 +94,7 @@ async def transfer(
         raise Unprocessable("The amount must be a positive number of cents.")
     if from_account_id == to_account_id:
         raise Unprocessable("Cannot transfer from an account to itself.")
-    if db.get_bind().dialect.name == "postgresql":
+    if on_postgres(db):
         return await _transfer_in_one_statement(
             db,
             user_id=user_id,
