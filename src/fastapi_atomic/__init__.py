@@ -4,47 +4,46 @@ Its database writes, its web-session changes and its idempotency record become v
 together, after the handler succeeded and before the client sees the response, or not at all.
 """
 
-from .dependencies import DB, UoW, get_db, get_unit_of_work, isolation_level, unit_of_work_of
+from .dependencies import DBDep, UnitOfWorkDep, get_db, get_unit_of_work, isolation_level
 from .engine import create_engine
 from .exceptions import (
     AtomicError,
-    CommitFailed,
     ConcurrentChange,
     ConfigurationError,
-    ReplayResponse,
     ServiceUnavailable,
     TooLate,
     UnitOfWorkMissing,
 )
-from .idempotency import IdempotencyContext, IdempotencyKeys, idempotency_table
+from .idempotency import IdempotencyKey, IdempotencyKeys, claim_idempotency_key, idempotency_table
 from .metrics import AtomicMetrics
-from .middleware import AtomicMiddleware, RequestParticipant
+from .middleware import AtomicMiddleware, BodyStream, get_body_stream
 from .retry import Backoff, retry_reason
-from .unit_of_work import UnitOfWork
+from .unit_of_work import IsolationLevel, UnitOfWork, atomic
 
 __all__ = [
-    "DB",
     "AtomicError",
     "AtomicMetrics",
     "AtomicMiddleware",
     "Backoff",
-    "CommitFailed",
+    "BodyStream",
     "ConcurrentChange",
     "ConfigurationError",
-    "IdempotencyContext",
+    "DBDep",
+    "IdempotencyKey",
     "IdempotencyKeys",
-    "ReplayResponse",
-    "RequestParticipant",
+    "IsolationLevel",
     "ServiceUnavailable",
     "TooLate",
     "UnitOfWork",
+    "UnitOfWorkDep",
     "UnitOfWorkMissing",
-    "UoW",
+    "atomic",
+    "claim_idempotency_key",
     "create_engine",
+    "get_body_stream",
     "get_db",
     "get_unit_of_work",
     "idempotency_table",
     "isolation_level",
     "retry_reason",
-    "unit_of_work_of",
 ]

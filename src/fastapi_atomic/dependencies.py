@@ -1,4 +1,9 @@
-"""FastAPI dependencies: the request's unit of work and its AsyncSession as Annotated aliases."""
+"""FastAPI dependencies: the request's unit of work and its AsyncSession, as Annotated aliases.
+
+``get_db`` depends on ``get_unit_of_work``, so a test that overrides the unit of work
+(``app.dependency_overrides[get_unit_of_work] = lambda: FakeUnitOfWork(db)``) overrides the
+AsyncSession routes receive too.
+"""
 
 from __future__ import annotations
 
@@ -11,39 +16,39 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .exceptions import UnitOfWorkMissing
 from .unit_of_work import IsolationLevel, UnitOfWork
 
-
-def unit_of_work_of(request: Request) -> UnitOfWork:
-    """The request's unit of work (for code that has the Request; routes use ``UoW``)."""
-    uow = request.scope.get("fastapi_atomic.uow")
-    if not isinstance(uow, UnitOfWork):
-        raise UnitOfWorkMissing()
-    return uow
-
+#: where AtomicMiddleware keeps the request's unit of work in the ASGI scope
+UNIT_OF_WORK = "fastapi_atomic.unit_of_work"
 
 # Dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
-# dependency in its thread pool, a hand-off per dependency per request that costs more than
-# the work (and, under load, fights for the GIL with the event loop).
+# dependency in its thread pool, a thread hand-off for no work.
 
 
 async def get_unit_of_work(request: Request) -> UnitOfWork:
-    return unit_of_work_of(request)
+    """The request's unit of work."""
+    uow = request.scope.get(UNIT_OF_WORK)
+    if uow is None:
+        raise UnitOfWorkMissing()
+    return uow  # type: ignore[no-any-return]
 
 
-async def get_db(request: Request) -> AsyncSession:
-    return unit_of_work_of(request).db
+UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_unit_of_work)]
 
 
-UoW = Annotated[UnitOfWork, Depends(get_unit_of_work)]
-DB = Annotated[AsyncSession, Depends(get_db)]
+async def get_db(uow: UnitOfWorkDep) -> AsyncSession:
+    """The AsyncSession of the request's transaction."""
+    return uow.db
 
 
-def isolation_level(level: IsolationLevel) -> Callable[[Request], Awaitable[None]]:
+DBDep = Annotated[AsyncSession, Depends(get_db)]
+
+
+def isolation_level(level: IsolationLevel) -> Callable[[UnitOfWork], Awaitable[None]]:
     """A dependency that runs the route's transaction at ``level``.
 
     ``@router.post("/transfers", dependencies=[Depends(isolation_level("SERIALIZABLE"))])``
     """
 
-    async def apply(request: Request) -> None:
-        await unit_of_work_of(request).set_isolation_level(level)
+    async def apply(uow: UnitOfWorkDep) -> None:
+        await uow.set_isolation_level(level)
 
     return apply

@@ -1,7 +1,15 @@
-"""Engines that behave the same on SQLite and PostgreSQL under a unit of work.
+"""Engines that serve a unit of work per request well, on SQLite and PostgreSQL alike.
 
-SQLite needs three things to serve concurrent requests well: WAL (readers never block the
-writer), a busy timeout (a writer waits instead of failing at once) and ``BEGIN IMMEDIATE`` for
+The pool. A fixed size and no overflow: an overflow connection is closed when it comes back to
+a full pool and opened again at the next burst (a backend to start, authentication, the
+driver's type introspection), so a load that hovers above the pool size reconnects all the
+time. No pre-ping: a round trip on every checkout, where a connection found dead before COMMIT
+makes the middleware re-run the request on a fresh one anyway. And waiting requests are served
+in the order they came (:mod:`.pool`). Size the pool for the concurrency the database can
+serve; a request waits at most ``pool_timeout`` seconds for a connection, then gets a 503.
+
+SQLite needs three things to serve concurrent requests: WAL (readers never block the writer),
+a busy timeout (a writer waits instead of failing at once) and ``BEGIN IMMEDIATE`` for
 transactions that will write (so two writers never both hold a read lock and deadlock on the
 upgrade, which no busy timeout can resolve). The driver's own transaction handling is turned off
 so that SAVEPOINTs work, as the SQLAlchemy documentation recommends.
@@ -12,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import QueuePool
 
 from .pool import FairAsyncAdaptedQueuePool
 
@@ -22,13 +30,31 @@ from .pool import FairAsyncAdaptedQueuePool
 SQLITE_BEGIN_OPTION = "fastapi_atomic_sqlite_begin"
 
 
-def create_engine(url: str, *, sqlite_busy_timeout_ms: int = 5000, **kwargs: Any) -> AsyncEngine:
-    """``create_async_engine`` plus the SQLite set-up above, and a pool that serves waiting
-    requests in arrival order (:mod:`.pool`) wherever SQLAlchemy would use its asyncio queue
-    pool; a ``poolclass`` given is kept."""
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 0,
+    pool_timeout: float = 10,
+    pool_pre_ping: bool = False,
+    sqlite_busy_timeout_ms: int = 5000,
+    **kwargs: Any,
+) -> AsyncEngine:
+    """SQLAlchemy's ``create_async_engine`` with the defaults above; any argument it takes can
+    be given. A ``poolclass`` given replaces the fair pool; the pool settings apply to queue
+    pools (an in-memory SQLite database keeps SQLAlchemy's single-connection pool)."""
+    parsed = make_url(url)
+    in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    if not in_memory:
+        kwargs.setdefault("poolclass", FairAsyncAdaptedQueuePool)
+    if issubclass(kwargs.get("poolclass", type(None)), QueuePool):
+        kwargs.update(
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_timeout=pool_timeout,
+            pool_pre_ping=pool_pre_ping,
+        )
     engine = create_async_engine(url, **kwargs)
-    if "poolclass" not in kwargs and type(engine.sync_engine.pool) is AsyncAdaptedQueuePool:
-        engine = create_async_engine(url, poolclass=FairAsyncAdaptedQueuePool, **kwargs)
     if engine.dialect.name == "sqlite":
         configure_sqlite(engine, busy_timeout_ms=sqlite_busy_timeout_ms)
     return engine

@@ -48,14 +48,11 @@ class ServiceUnavailable(AtomicError):
         self.detail = detail
 
 
-class CommitFailed(ServiceUnavailable):
-    """The final COMMIT failed: nothing of the request persisted, and the client is told so."""
-
-
 class ReplayResponse(AtomicError):
     """Raised to answer with a response recorded earlier (an idempotent replay), verbatim.
 
-    The middleware rolls back whatever the attempt did and sends the recorded response.
+    Internal: the idempotency keys raise it, the middleware rolls back whatever the attempt
+    did and sends the recorded response.
     """
 
     def __init__(self, status: int, headers: Sequence[tuple[bytes, bytes]], body: bytes) -> None:

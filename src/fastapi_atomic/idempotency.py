@@ -11,13 +11,19 @@ Follows draft-ietf-httpapi-idempotency-key-header and Stripe's practice:
 - the same key with a different request is 422; keys live for ``ttl`` seconds;
 - a key left locked by a crashed request is taken over once its lease ran out.
 
-Usage::
+Usage: give the keys to the middleware, and claim the request's key in a dependency of the
+app's own, which knows who owns it (keys are per user)::
 
-    keys = IdempotencyKeys(idempotency_table(metadata))
-    Idempotent = Annotated[IdempotencyContext | None, Depends(keys.dependency(current_user_id))]
+    keys = IdempotencyKeys(idempotency_table(Base.metadata))
+    app.add_middleware(AtomicMiddleware, engine=engine, idempotency_keys=keys)
+
+    async def idempotency_key(request: Request, user: CurrentUser) -> IdempotencyKey | None:
+        return await claim_idempotency_key(request, owner=str(user.id))
+
+    Idempotent = Annotated[IdempotencyKey | None, Depends(idempotency_key)]
 
     @app.post("/orders")
-    async def place(order: OrderIn, db: DB, idem: Idempotent) -> OrderOut: ...
+    async def place(order: OrderIn, db: DBDep, key: Idempotent) -> OrderOut: ...
 """
 
 from __future__ import annotations
@@ -25,11 +31,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import HTTPException, Request
 from sqlalchemy import (
     Column,
     Float,
@@ -47,10 +52,11 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .dependencies import unit_of_work_of
-from .exceptions import ReplayResponse
+from .dependencies import UNIT_OF_WORK
+from .exceptions import ConfigurationError, ReplayResponse
+from .middleware import IDEMPOTENCY_KEYS
 from .retry import retry_reason
-from .unit_of_work import UnitOfWork
+from .unit_of_work import SqlAlchemyUnitOfWork
 
 HEADER = "Idempotency-Key"
 RELEASE_STATUSES = frozenset({401, 403, 409, 422, 429})
@@ -75,9 +81,9 @@ def idempotency_table(metadata: MetaData, name: str = "idempotency_keys") -> Tab
     )
 
 
-@dataclass
-class IdempotencyContext:
-    """The claimed key of the current request."""
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """The key the current request claimed."""
 
     owner: str
     key: str
@@ -105,45 +111,33 @@ class IdempotencyKeys:
         self.header = header
         self.clock = clock
 
-    def dependency(
-        self, owner: Callable[..., Any]
-    ) -> Callable[..., Awaitable[IdempotencyContext | None]]:
-        """A FastAPI dependency; ``owner`` is a dependency giving the key's owner (the user)."""
-
-        async def claim_key(
-            request: Request, owner_id: Any = Depends(owner)
-        ) -> IdempotencyContext | None:
-            return await self.claim(request, str(owner_id))
-
-        return claim_key
-
-    async def claim(self, request: Request, owner: str) -> IdempotencyContext | None:
-        """Claim the request's key for ``owner``, or replay, or refuse; None without a key.
-
-        For code that already knows the owner (a dependency of the app's own that folds
-        several checks into one); routes usually declare :meth:`dependency` instead.
-        """
+    async def claim(self, request: Request, owner: str) -> IdempotencyKey | None:
+        """Claim the request's key for ``owner``, or replay, or refuse; None without a key."""
         key = request.headers.get(self.header)
         if key is None:
             return None
         if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
             raise HTTPException(422, f"{self.header} must be 1 to 255 printable ASCII characters.")
-        uow = unit_of_work_of(request)
-        context = IdempotencyContext(owner, key, await _fingerprint(request))
-        await self._claim(uow, context)
-        uow.capture_response = True
-        uow.before_commit(lambda: self._store(uow.db, uow, context))
-        uow.on_rollback(lambda: self._after_rollback(uow, context))
-        return context
+        uow = request.scope.get(UNIT_OF_WORK)
+        if not isinstance(uow, SqlAlchemyUnitOfWork):
+            raise ConfigurationError(
+                "Idempotency keys need the request's unit of work: add AtomicMiddleware."
+            )
+        claimed = IdempotencyKey(owner, key, await _fingerprint(request))
+        await self._claim(uow, claimed)
+        uow._capture_response = True
+        uow._before_commit(lambda: self._store(uow.db, uow, claimed))
+        uow.on_rollback(lambda: self._after_rollback(uow, claimed))
+        return claimed
 
     # --- claiming ------------------------------------------------------------------
 
-    async def _claim(self, uow: UnitOfWork, context: IdempotencyContext) -> None:
+    async def _claim(self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey) -> None:
         for _ in range(5):
-            db = uow.independent_session()
+            db = uow._independent_session()
             try:
                 async with db.begin():
-                    if await self._try_claim(db, uow.request_id, context):
+                    if await self._try_claim(db, uow._request_id, claimed):
                         return
             except IntegrityError:
                 continue  # a concurrent first request inserted it: look again
@@ -154,12 +148,10 @@ class IdempotencyKeys:
                 await db.close()
         raise HTTPException(409, f"A request with this {self.header} is in progress.")
 
-    async def _try_claim(
-        self, db: AsyncSession, request_id: str, context: IdempotencyContext
-    ) -> bool:
+    async def _try_claim(self, db: AsyncSession, request_id: str, claimed: IdempotencyKey) -> bool:
         t = self.table
         now = self.clock()
-        where = (t.c.owner == context.owner) & (t.c.key == context.key)
+        where = (t.c.owner == claimed.owner) & (t.c.key == claimed.key)
         query = select(t).where(where)
         if db.get_bind().dialect.name == "postgresql":
             query = query.with_for_update()
@@ -170,9 +162,9 @@ class IdempotencyKeys:
         if row is None:
             await db.execute(
                 insert(t).values(
-                    owner=context.owner,
-                    key=context.key,
-                    fingerprint=context.fingerprint,
+                    owner=claimed.owner,
+                    key=claimed.key,
+                    fingerprint=claimed.fingerprint,
                     locked_by=request_id,
                     locked_until=now + self.lease_seconds,
                     created_at=now,
@@ -180,7 +172,7 @@ class IdempotencyKeys:
                 )
             )
             return True
-        if row["fingerprint"] != context.fingerprint:
+        if row["fingerprint"] != claimed.fingerprint:
             raise HTTPException(
                 422, f"This {self.header} was used for a different request; use a new key."
             )
@@ -205,13 +197,15 @@ class IdempotencyKeys:
 
     # --- finishing -----------------------------------------------------------------
 
-    async def _store(self, db: AsyncSession, uow: UnitOfWork, context: IdempotencyContext) -> None:
+    async def _store(
+        self, db: AsyncSession, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey
+    ) -> None:
         """Record the response in the request's own transaction (before its COMMIT)."""
-        await self._write_response(db, uow, context)
+        await self._write_response(db, uow, claimed)
 
-    async def _after_rollback(self, uow: UnitOfWork, context: IdempotencyContext) -> None:
-        response = uow.response
-        effects = not uow.can_retry
+    async def _after_rollback(self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey) -> None:
+        response = uow._response
+        effects = not uow._can_retry
         if response is None or response.status < 400:
             # An exception, or the COMMIT itself failed: nothing final to store.
             if effects:
@@ -219,27 +213,27 @@ class IdempotencyKeys:
             release = True
         else:
             release = response.status in RELEASE_STATUSES and not effects
-        db = uow.independent_session()
+        db = uow._independent_session()
         try:
             async with db.begin():
                 if release:
                     t = self.table
                     await db.execute(
                         delete(t).where(
-                            (t.c.owner == context.owner)
-                            & (t.c.key == context.key)
-                            & (t.c.locked_by == uow.request_id)
+                            (t.c.owner == claimed.owner)
+                            & (t.c.key == claimed.key)
+                            & (t.c.locked_by == uow._request_id)
                         )
                     )
                 else:
-                    await self._write_response(db, uow, context)
+                    await self._write_response(db, uow, claimed)
         finally:
             await db.close()
 
     async def _write_response(
-        self, db: AsyncSession, uow: UnitOfWork, context: IdempotencyContext
+        self, db: AsyncSession, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey
     ) -> None:
-        response = uow.response
+        response = uow._response
         assert response is not None and response.body is not None, "response not captured"
         headers = [
             (name.decode("latin-1"), value.decode("latin-1"))
@@ -250,9 +244,9 @@ class IdempotencyKeys:
         await db.execute(
             update(t)
             .where(
-                (t.c.owner == context.owner)
-                & (t.c.key == context.key)
-                & (t.c.locked_by == uow.request_id)
+                (t.c.owner == claimed.owner)
+                & (t.c.key == claimed.key)
+                & (t.c.locked_by == uow._request_id)
             )
             .values(
                 status_code=response.status,
@@ -267,6 +261,23 @@ class IdempotencyKeys:
         """Delete keys past their time to live; returns how many."""
         result = await db.execute(delete(self.table).where(self.table.c.expires_at <= self.clock()))
         return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def claim_idempotency_key(request: Request, owner: str) -> IdempotencyKey | None:
+    """Claim the request's ``Idempotency-Key`` for ``owner`` (the user): the dependency's work.
+
+    None when the request sends no key. A repeat of a finished request raises, and the
+    middleware answers with the first response again; a repeat of one still running is a 409,
+    a key reused for another request a 422.
+    """
+    keys = request.scope.get(IDEMPOTENCY_KEYS)
+    if keys is None:
+        raise ConfigurationError(
+            "No idempotency keys in this request: pass them to the middleware "
+            "(app.add_middleware(AtomicMiddleware, engine=..., idempotency_keys=keys))."
+        )
+    claimed: IdempotencyKey | None = await keys.claim(request, owner)
+    return claimed
 
 
 async def _fingerprint(request: Request) -> str:

@@ -6,17 +6,23 @@ Usage::
     app = FastAPI()
     app.add_middleware(AtomicMiddleware, engine=engine)
 
-    @app.post("/things")
-    async def create(db: fastapi_atomic.DB) -> dict[str, int]:
+    @app.post("/things", status_code=201)
+    async def create(db: DBDep) -> ThingOut:
         db.add(thing := Thing())
         await db.flush()
-        return {"id": thing.id}   # committed before the client sees this
+        return ThingOut.model_validate(thing)   # committed before the client sees this
 
 The response start is intercepted: a status below 400 runs the before-commit hooks (web
 session saves) and COMMITs, and only then are the status and headers sent; a status of 400 or
 more, or an exception, rolls back. A COMMIT that fails becomes a 503, never a 2xx for data that
 is not there. A serialization failure, deadlock or SQLite lock, while nothing has been committed
-or sent, re-runs the whole request on a fresh unit of work (the body is buffered for that).
+or sent, re-runs the whole request on a fresh unit of work; the body the app read is kept for
+that. Its size is FastAPI's to limit (``FastAPI(max_body_size=...)``, and a route's own
+``max_body_size=``); a route that streams a large body it never needs again takes it as
+:data:`~fastapi_atomic.BodyStream`, and it is not kept.
+
+Web sessions and idempotency keys, when given, take part in every request; their stores start
+and stop with the app (the ASGI lifespan), so the app needs no start-up code for them.
 """
 
 from __future__ import annotations
@@ -24,32 +30,48 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated
 
+from fastapi import Depends, Request
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .dependencies import UNIT_OF_WORK
 from .exceptions import ReplayResponse, ServiceUnavailable
 from .metrics import AtomicMetrics
 from .retry import CONNECTION_LOST, Backoff, retry_reason
-from .unit_of_work import CapturedResponse, UnitOfWork
+from .unit_of_work import CapturedResponse, SqlAlchemyUnitOfWork
+
+if TYPE_CHECKING:
+    from .idempotency import IdempotencyKeys
+    from .websession.manager import WebSessionManager
 
 logger = logging.getLogger("fastapi_atomic")
 
-SCOPE_KEY = "fastapi_atomic.uow"
+#: where the middleware keeps its web-session manager and idempotency keys in the ASGI scope
+WEBSESSIONS = "fastapi_atomic.websessions"
+IDEMPOTENCY_KEYS = "fastapi_atomic.idempotency_keys"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
 
-class RequestParticipant(Protocol):
-    """Something that takes part in every attempt of every request (a web-session manager).
+#: set in the scope by :func:`get_body_stream`: the route streams its body, none of it is kept
+STREAMED_BODY = "fastapi_atomic.streamed_body"
 
-    ``start`` is called with a fresh unit of work before the app runs; the participant keeps
-    its per-request state in ``uow.extensions`` and registers hooks on the unit of work.
+
+async def get_body_stream(request: Request) -> AsyncIterator[bytes]:
+    """The request body as a stream of chunks, none of them kept in memory.
+
+    For a route that streams a body it never needs again (an upload): the middleware keeps
+    every other body so that a request can be re-run after a serialization failure, and such
+    a request is not re-run once its body began to be read.
     """
+    request.scope[STREAMED_BODY] = True
+    return request.stream()
 
-    def start(self, scope: Scope, uow: UnitOfWork) -> None: ...
+
+BodyStream = Annotated[AsyncIterator[bytes], Depends(get_body_stream)]
 
 
 class _Retry(Exception):
@@ -70,50 +92,50 @@ class AtomicMiddleware:
         app: ASGIApp,
         *,
         engine: AsyncEngine,
-        participants: Sequence[RequestParticipant] = (),
+        websessions: WebSessionManager | None = None,
+        idempotency_keys: IdempotencyKeys | None = None,
         backoff: Backoff | None = None,
-        max_body_size: int = 1024 * 1024,
         rollback_status: int = 400,
         metrics: AtomicMetrics | None = None,
     ) -> None:
         self.app = app
         self.engine = engine
-        self.participants = tuple(participants)
+        self.websessions = websessions
+        self.idempotency_keys = idempotency_keys
         self.backoff = backoff or Backoff()
-        self.max_body_size = max_body_size
         self.rollback_status = rollback_status
         self.metrics = metrics or AtomicMetrics.default()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = await self._read_body(receive)
-        if body is None:
-            await _send_json(send, 413, f"Request body larger than {self.max_body_size} bytes.")
-            return
 
+        body = _Body(receive)
         request_id = ""  # made on first use, then kept by every attempt
         attempt = 1
         while True:
-            uow = UnitOfWork(
+            uow = SqlAlchemyUnitOfWork(
                 self.engine,
                 write_intent=scope["method"] not in SAFE_METHODS,
                 phase_backoff=self.backoff,
                 request_id=request_id,
             )
             attempt_scope = dict(scope)
-            attempt_scope[SCOPE_KEY] = uow
+            attempt_scope[UNIT_OF_WORK] = uow
+            attempt_scope[WEBSESSIONS] = self.websessions
+            attempt_scope[IDEMPOTENCY_KEYS] = self.idempotency_keys
             attempt_scope["state"] = dict(scope.get("state") or {})
-            for participant in self.participants:
-                participant.start(attempt_scope, uow)
             responder = _Responder(send, uow, self.rollback_status, self.metrics)
             try:
-                await self.app(attempt_scope, _replay(body, receive), responder.send)
+                await self.app(attempt_scope, body.receiver(attempt_scope), responder.send)
             except Exception as exc:
-                await uow.rollback()
-                await uow.close()
-                request_id = uow.request_id_if_made
+                await uow._rollback()
+                await uow._close()
+                request_id = uow._request_id_value
                 if responder.started:
                     raise
                 if isinstance(exc, ReplayResponse):
@@ -122,7 +144,7 @@ class AtomicMiddleware:
                     return
                 reason = exc.reason if isinstance(exc, _Retry) else retry_reason(exc)
                 if reason is not None:
-                    if uow.can_retry and attempt < self.backoff.attempts:
+                    if uow._can_retry and body.replayable and attempt < self.backoff.attempts:
                         self.metrics.retries.labels(reason=reason).inc()
                         await asyncio.sleep(self.backoff.delay(attempt))
                         attempt += 1
@@ -139,24 +161,66 @@ class AtomicMiddleware:
                 self.metrics.outcome("unavailable").inc()
                 await _send_json(send, 503, detail)
                 return
-            await uow.close()
-            await uow.run_after_commit_hooks()
+            await uow._close()
+            await uow._run_after_commit_hooks()
             return
 
-    async def _read_body(self, receive: Receive) -> bytes | None:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Start the web-session store with the app, and stop it after the app stopped."""
+        store = self.websessions.store if self.websessions is not None else None
+        if store is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def receive_and_start() -> Message:
             message = await receive()
-            if message["type"] != "http.request":
-                return b"".join(chunks)
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_size:
-                return None
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return b"".join(chunks)
+            if message["type"] == "lifespan.startup":
+                await store.start(self.engine)
+            return message
+
+        async def send_and_stop(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await store.aclose()
+            await send(message)
+
+        await self.app(scope, receive_and_start, send_and_stop)
+
+
+class _Body:
+    """The request body as the app reads it, kept so that a re-run can read it again."""
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._chunks: list[bytes] = []
+        self._complete = False
+        #: False once a streamed body (not kept) began to be read: the request can't be re-run
+        self.replayable = True
+
+    def receiver(self, scope: Scope) -> Receive:
+        kept: list[bytes] | None = self._chunks[:] if self._chunks or self._complete else None
+
+        async def receive() -> Message:
+            nonlocal kept
+            if kept is not None:
+                replayed: Message = {
+                    "type": "http.request",
+                    "body": b"".join(kept),
+                    "more_body": not self._complete,
+                }
+                kept = None
+                return replayed
+            if self._complete:
+                return await self._receive()  # past the body: a disconnect, when it comes
+            message = await self._receive()
+            if message["type"] == "http.request":
+                if scope.get(STREAMED_BODY):
+                    self.replayable = False
+                else:
+                    self._chunks.append(message.get("body", b""))
+                self._complete = not message.get("more_body", False)
+            return message
+
+        return receive
 
 
 class _Responder:
@@ -167,7 +231,11 @@ class _Responder:
     """
 
     def __init__(
-        self, send: Send, uow: UnitOfWork, rollback_status: int, metrics: AtomicMetrics
+        self,
+        send: Send,
+        uow: SqlAlchemyUnitOfWork,
+        rollback_status: int,
+        metrics: AtomicMetrics,
     ) -> None:
         self._send = send
         self.uow = uow
@@ -182,7 +250,7 @@ class _Responder:
             await self._send(message)
             return
         if message["type"] == "http.response.start":
-            if self.uow.capture_response:
+            if self.uow._capture_response:
                 self._held = message
                 return
             await self._decide(message, None)
@@ -201,26 +269,26 @@ class _Responder:
 
     async def _decide(self, start: Message, body: bytes | None) -> None:
         status = int(start["status"])
-        self.uow.response = CapturedResponse(status, list(start.get("headers", [])), body)
+        self.uow._response = CapturedResponse(status, list(start.get("headers", [])), body)
         if status < self.rollback_status:
             await self._commit()
-            self.uow.apply_response_headers(start)
+            self.uow._apply_response_headers(start)
             self.metrics.outcome("committed").inc()
         else:
-            await self.uow.rollback()
+            await self.uow._rollback()
             self.metrics.rollback("error_status").inc()
             self.metrics.outcome("rolled_back").inc()
         self.started = True
 
     async def _commit(self) -> None:
         try:
-            await self.uow.commit()
+            await self.uow._commit()
         except Exception as exc:
-            await self.uow.rollback()
+            await self.uow._rollback()
             reason = retry_reason(exc)
             self.metrics.rollback(reason or "commit_failed").inc()
             # A connection lost during COMMIT leaves the outcome unknown: never re-run that.
-            if reason not in (None, CONNECTION_LOST) and self.uow.can_retry:
+            if reason not in (None, CONNECTION_LOST) and self.uow._can_retry:
                 raise _Retry(str(reason)) from exc
             detail = _unavailable_detail(exc)
             if detail is None and reason == CONNECTION_LOST:
@@ -230,7 +298,7 @@ class _Responder:
                 logger.exception("commit failed; the client gets a 503")
                 detail = "The request could not be saved; nothing was changed. Try again."
             raise _Unavailable(detail) from exc
-        if self.uow.has_session:
+        if self.uow._session is not None:
             self.metrics.commits.inc()
 
 
@@ -240,19 +308,6 @@ def _unavailable_detail(exc: BaseException) -> str | None:
     if isinstance(exc, PoolTimeout):
         return "The database is busy (no free connection); try again."
     return None
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:

@@ -4,9 +4,8 @@ SQLAlchemy's asyncio pool keeps its idle connections in an ``asyncio.Queue``. A 
 returned while requests wait wakes the first of them, but whoever asks before that waiter runs
 (any request reaching its first statement in the same turn of the event loop) takes the
 connection without waiting, and the woken request queues again at the back. Under a load that
-keeps the pool busy a few requests lose that race again and again: with a pool of 20 and 64
-concurrent account checkouts, half the requests took under 51 ms and one in a hundred over
-800 ms, every one of them waiting for a connection (bench/README.md).
+keeps the pool busy a few requests lose that race again and again, and wait many times longer
+than the median for a connection.
 
 Here a returned connection goes straight to the request that has waited longest, never
 through the queue, so a request that asks meanwhile finds nothing there and queues behind.

@@ -1,50 +1,132 @@
-"""Test helpers for apps built on fastapi_atomic, and the web-session store contract suite.
+"""Test helpers for apps built on fastapi_atomic: a fake unit of work, the store contract suite.
 
-A new store passes the same expectations as the built-in ones by subclassing the contract and
-providing two fixtures::
+Unit tests of services take a :class:`FakeUnitOfWork` (nothing commits; phases and hooks are
+recorded); a route's tests can hand it to the app with
+``app.dependency_overrides[get_unit_of_work] = lambda: fake``.
+
+A new web-session store passes the same expectations as the built-in ones by subclassing the
+contract and providing a ``store`` fixture (and, for a store in the app's database, an
+``engine`` fixture whose database has its table)::
 
     class TestMyStore(WebSessionStoreContract):
         @pytest.fixture
         def store(self) -> MyStore: ...
-
-        @pytest.fixture
-        def engine(self) -> AsyncEngine: ...   # the app's database (any, for non-SQL stores)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from .unit_of_work import UnitOfWork
+from .engine import create_engine
+from .unit_of_work import Hook, IsolationLevel, UnitOfWork, atomic
 from .websession.record import Changes, SessionRecord
 from .websession.stores.base import WebSessionStore
 
 T = TypeVar("T")
 
 
-@asynccontextmanager
-async def unit_of_work(engine: AsyncEngine, *, commit: bool = True) -> AsyncIterator[UnitOfWork]:
-    """A unit of work outside any request: committed at the end (or rolled back)."""
-    uow = UnitOfWork(engine)
+class FakeUnitOfWork(UnitOfWork):
+    """A unit of work for unit tests (the fake of *Architecture Patterns with Python*).
+
+    Nothing commits by itself: :meth:`commit` and :meth:`rollback`, called by the test, run the
+    hooks as the middleware would and set :attr:`committed` / :attr:`rolled_back`. Phases run
+    in a savepoint of the one AsyncSession and are counted in :attr:`phases`. Give it an
+    AsyncSession (an in-memory SQLite database, say) for services that query.
+    """
+
+    def __init__(self, db: AsyncSession | None = None) -> None:
+        self._db = db
+        self.committed = False
+        self.rolled_back = False
+        #: phases that ran to the end (each would have committed)
+        self.phases = 0
+        #: times a read-only transaction was given back before an outside call
+        self.releases = 0
+        self.isolation_level: IsolationLevel | None = None
+        self._on_commit: list[Hook] = []
+        self._on_rollback: list[Hook] = []
+
+    @property
+    def db(self) -> AsyncSession:
+        if self._db is None:
+            raise AssertionError(
+                "This FakeUnitOfWork has no AsyncSession: give it one, FakeUnitOfWork(db), "
+                "for code that uses the database."
+            )
+        return self._db
+
+    @contextlib.asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[AsyncSession]:
+        async with self.db.begin_nested():
+            yield self.db
+
+    async def run_phase(
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        isolation_level: IsolationLevel | None = None,
+    ) -> T:
+        async with self.savepoint() as db:
+            result = await work(db)
+        self.phases += 1
+        return result
+
+    def on_commit(self, hook: Hook) -> None:
+        self._on_commit.append(hook)
+
+    def on_rollback(self, hook: Hook) -> None:
+        self._on_rollback.append(hook)
+
+    async def set_isolation_level(self, level: IsolationLevel) -> None:
+        self.isolation_level = level
+
+    async def release(self) -> None:
+        self.releases += 1
+
+    async def commit(self) -> None:
+        """What the middleware does when a request succeeded: run the on-commit hooks."""
+        self.committed = True
+        for hook in self._on_commit:
+            await _call(hook)
+
+    async def rollback(self) -> None:
+        """What the middleware does when a request failed: run the on-rollback hooks."""
+        self.rolled_back = True
+        for hook in reversed(self._on_rollback):
+            await _call(hook)
+
+
+async def _call(hook: Hook) -> None:
+    result = hook()
+    if result is not None:
+        await result
+
+
+class _RolledBack(Exception):
+    pass
+
+
+async def run_in_unit_of_work(
+    engine: AsyncEngine, work: Callable[[UnitOfWork], Awaitable[T]], *, commit: bool = True
+) -> T:
+    """``work`` in an :func:`~fastapi_atomic.atomic` unit of work, committed or rolled back."""
+    result: T
     try:
-        yield uow
-        if commit:
-            await uow.commit()
-        else:
-            await uow.rollback()
-    except BaseException:
-        await uow.rollback()
-        raise
-    finally:
-        await uow.close()
-    await uow.run_after_commit_hooks()
+        async with atomic(engine) as uow:
+            result = await work(uow)
+            if not commit:
+                raise _RolledBack()
+    except _RolledBack:
+        pass
+    return result
 
 
 def make_record(user_id: str | None = None, **data: Any) -> SessionRecord:
@@ -65,13 +147,22 @@ def new_key() -> str:
 
 
 class WebSessionStoreContract:
-    """What every web-session store must do. Subclass it with ``store`` and ``engine`` fixtures."""
+    """What every web-session store must do. Subclass it with a ``store`` fixture."""
+
+    @pytest.fixture
+    async def engine(self) -> AsyncIterator[AsyncEngine]:
+        """The database of the units of work the store is used in: an empty one in memory.
+
+        Override it for a store that keeps its records in the app's database.
+        """
+        engine = create_engine("sqlite+aiosqlite://")
+        yield engine
+        await engine.dispose()
 
     async def run(
         self, engine: AsyncEngine, work: Callable[[UnitOfWork], Awaitable[T]], commit: bool = True
     ) -> T:
-        async with unit_of_work(engine, commit=commit) as uow:
-            return await work(uow)
+        return await run_in_unit_of_work(engine, work, commit=commit)
 
     async def test_create_then_load(self, store: WebSessionStore, engine: AsyncEngine) -> None:
         key, record = new_key(), make_record("7", cart=[1, 2])
@@ -177,7 +268,7 @@ class WebSessionStoreContract:
     ) -> None:
         user = f"u{secrets.token_hex(4)}"
         keys = [new_key() for _ in range(3)]
-        async with unit_of_work(engine) as uow:
+        async with atomic(engine) as uow:
             for key in keys:
                 await store.create(key, make_record(user), uow)
         other = new_key()
@@ -202,6 +293,21 @@ class WebSessionStoreContract:
         assert loaded is not None and loaded.data == {"a": 2}
         await self.run(engine, lambda uow: store.delete_for_user("1", uow, keep=None))
         assert await self.run(engine, lambda uow: store.load(key, uow)) is None
+
+    async def test_purge_deletes_only_expired_sessions(
+        self, store: WebSessionStore, engine: AsyncEngine
+    ) -> None:
+        store.configure(idle_timeout=10, absolute_timeout=100)
+        stale, fresh = make_record("1"), make_record("1")
+        stale.last_seen_at -= 20
+        stale_key, fresh_key = new_key(), new_key()
+        await self.run(engine, lambda uow: store.create(stale_key, stale, uow))
+        await self.run(engine, lambda uow: store.create(fresh_key, fresh, uow))
+        purged = await self.run(engine, store.purge_expired)
+        assert purged in (0, 1)  # 0: the store expires records by itself
+        assert await self.run(engine, lambda uow: store.read(fresh_key, uow)) is not None
+        if purged:
+            assert await self.run(engine, lambda uow: store.read(stale_key, uow)) is None
 
     async def test_ping(self, store: WebSessionStore) -> None:
         await store.ping()

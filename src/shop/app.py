@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,9 +9,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fastapi_atomic import AtomicMiddleware, IdempotencyKeys, create_engine
+from fastapi_atomic import AtomicMiddleware, IdempotencyKeys, atomic, create_engine
 from fastapi_atomic.websession import (
     MemoryStore,
     RedisStore,
@@ -21,7 +20,7 @@ from fastapi_atomic.websession import (
     WebSessionStore,
 )
 
-from .api import include_api
+from . import api
 from .api.health import router as health_router
 from .db.models import idempotency_keys, web_sessions
 from .errors import Conflict, ShopError
@@ -36,22 +35,7 @@ logger = logging.getLogger("shop")
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
-    if settings.database_url.startswith("sqlite"):
-        return create_engine(settings.database_url)
-    return create_engine(
-        settings.database_url,
-        pool_size=settings.db_pool_size,
-        # A fixed pool by default. An overflow connection is closed when it is returned to a
-        # full pool and opened again at the next burst (a backend fork, authentication and
-        # asyncpg's type introspection each time): with a pool of 20 and 20 more allowed,
-        # the card checkout at 64 connections reconnected ~190 times in 12 s and served
-        # 384 instead of 530 requests a second (bench/README.md).
-        max_overflow=settings.db_max_overflow,
-        # No pre-ping round trip per checkout: a connection found dead before COMMIT makes the
-        # unit of work re-run the whole request on a fresh one.
-        pool_pre_ping=False,
-        pool_timeout=10,
-    )
+    return create_engine(settings.database_url, pool_size=settings.db_pool_size)
 
 
 def build_session_store(settings: Settings) -> WebSessionStore:
@@ -82,7 +66,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
     store = build_session_store(settings)
-    sessions = build_session_manager(settings, store)
     gateway = build_gateway(
         settings.payment_gateway, fake_latency_ms=settings.fake_gateway_latency_ms
     )
@@ -91,12 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.admin_email and settings.admin_password:
             await _ensure_admin(engine, settings)
-        await store.start(engine)
-        _freeze_startup_objects()
         try:
             yield
         finally:
-            await store.aclose()
             if isinstance(gateway, HttpGateway):
                 await gateway.aclose()
             await engine.dispose()
@@ -106,12 +86,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="The reference service of fastapi-atomic.",
         version="0.1.0",
         lifespan=lifespan,
+        max_body_size=settings.max_body_size,
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.gateway = gateway
-    app.state.session_manager = sessions
-    app.state.idempotency_keys = IdempotencyKeys(idempotency_keys)
     app.state.login_throttle = LoginThrottle(
         per_email=settings.login_max_failures_per_email,
         per_address=settings.login_max_failures_per_address,
@@ -124,10 +103,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         AtomicMiddleware,
         engine=engine,
-        participants=[sessions],
-        max_body_size=settings.max_body_size,
+        websessions=build_session_manager(settings, store),
+        idempotency_keys=IdempotencyKeys(idempotency_keys),
     )
-    include_api(app)
+    app.include_router(api.router)
     app.include_router(health_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
@@ -135,31 +114,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-_frozen = False
-
-
-def _freeze_startup_objects() -> None:
-    """Move what start-up made (modules, routes, models, tables) out of the collector's way.
-
-    A full (generation 2) collection walks every tracked object; with the app loaded that is
-    ~180,000 of them, and each such collection stalled the event loop for 90-135 ms under
-    load, every request in flight waiting. Frozen objects are never collected, so this runs
-    once per process, after a collection, when what is alive is what start-up built to keep.
-    """
-    global _frozen
-    if not _frozen:
-        _frozen = True
-        gc.collect()
-        gc.freeze()
-
-
 async def _ensure_admin(engine: AsyncEngine, settings: Settings) -> None:
     assert settings.admin_email and settings.admin_password
     for attempt in (1, 2):
         try:
-            async with AsyncSession(engine, expire_on_commit=False) as db, db.begin():
+            async with atomic(engine) as uow:
                 await ensure_admin(
-                    db,
+                    uow.db,
                     email=settings.admin_email.lower(),
                     password=settings.admin_password.get_secret_value(),
                 )

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
 
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 app = typer.Typer(help="The shop: a reference service for fastapi-atomic.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -44,7 +48,7 @@ def serve(
     settings.signing_keys()  # fail or create the development key before workers fork
     upgrade_sync(settings.database_url)
     uvicorn.run(
-        "shop.app:create_app",
+        "shop.cli:serving_app",
         factory=True,
         host=host,
         port=port,
@@ -52,6 +56,22 @@ def serve(
         log_level="info",
         proxy_headers=False,
     )
+
+
+def serving_app() -> FastAPI:
+    """The app as `shop serve` runs it (in each worker): built, then frozen out of the GC.
+
+    A full garbage collection walks every tracked object, and once the app is built most of
+    them are what start-up made to keep for good (modules, routes, models, tables): each such
+    collection under load stalled the event loop, every request in flight waiting. Frozen
+    objects are never collected again, so this runs once, after a collection.
+    """
+    from .app import create_app
+
+    application = create_app()
+    gc.collect()
+    gc.freeze()
+    return application
 
 
 @db_app.command("upgrade")
@@ -81,33 +101,21 @@ def seed(demo: Annotated[bool, typer.Option("--demo", help="Demo data.")] = Fals
 @sessions_app.command("purge")
 def sessions_purge() -> None:
     """Delete expired web sessions and print how many."""
-    from fastapi_atomic.websession import SqlStore
+    from fastapi_atomic import atomic
 
-    from .app import build_engine
-    from .db.models import web_sessions
+    from .app import build_engine, build_session_manager, build_session_store
 
     settings = _settings()
-    if settings.session_store != "sql":
-        reason = {
-            "redis": "Redis expires web sessions by their TTL",
-            "memory": "the memory store lives and dies with the server process",
-        }[settings.session_store]
-        typer.echo(f"0 expired web sessions deleted ({reason})")
-        return
 
     async def purge() -> int:
-        from sqlalchemy.ext.asyncio import AsyncSession
-
-        store = SqlStore(web_sessions)
-        store.configure(
-            idle_timeout=settings.session_idle_timeout,
-            absolute_timeout=settings.session_absolute_timeout,
-        )
+        store = build_session_store(settings)
+        build_session_manager(settings, store)  # tells the store its timeouts
         engine = build_engine(settings)
         try:
-            async with AsyncSession(engine) as db, db.begin():
-                return await store.purge_expired(db)
+            async with atomic(engine) as uow:
+                return await store.purge_expired(uow)
         finally:
+            await store.aclose()
             await engine.dispose()
 
     typer.echo(f"{asyncio.run(purge())} expired web sessions deleted")

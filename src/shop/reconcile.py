@@ -3,7 +3,8 @@
 For each pending card payment older than ``min_age`` seconds, ask the gateway by the key the
 charge was (or would have been) made with: a charge that happened settles the order or deposit;
 a decline, or no charge at all, releases it (stock back, deposit failed). A gateway that does not
-answer leaves it pending for the next run. Each item is its own transaction.
+answer leaves it pending for the next run. Each payment is a unit of work of its own, settled
+or released by the same code as the request that left it (:mod:`.services.card_payments`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fastapi_atomic import atomic
 from shop.db.models import Payment, utcnow
 from shop.payments import GatewayError, PaymentGateway
-from shop.services.deposits import fail_deposit, settle_deposit
-from shop.services.orders import release_order, settle_order
+from shop.services import card_payments
+from shop.services.deposits import DepositPurchase
+from shop.services.orders import OrderPurchase
 
 
 @dataclass
@@ -32,32 +35,31 @@ async def reconcile(
 ) -> ReconcileReport:
     report = ReconcileReport()
     cutoff = utcnow() - timedelta(seconds=min_age_seconds)
-    async with AsyncSession(engine) as db:
+    async with atomic(engine) as uow:
         pending = (
-            await db.execute(
+            await uow.db.execute(
                 select(Payment.gateway_key, Payment.order_id, Payment.deposit_id)
                 .where(Payment.status == "pending", Payment.created_at <= cutoff)
                 .order_by(Payment.id)
             )
         ).all()
     for key, order_id, deposit_id in pending:
-        label = f"order {order_id}" if order_id is not None else f"deposit {deposit_id}"
+        purchase: card_payments.Purchase
+        if order_id is not None:
+            label, purchase = f"order {order_id}", OrderPurchase(order_id)
+        else:
+            assert deposit_id is not None  # a payment is for an order or for a deposit
+            label, purchase = f"deposit {deposit_id}", DepositPurchase(deposit_id)
         try:
-            result = await gateway.lookup(key)
+            charge = await gateway.lookup(key)
         except GatewayError:
             report.still_pending.append(label)
             continue
-        async with AsyncSession(engine, expire_on_commit=False) as db, db.begin():
-            if result is not None and result.status == "succeeded":
-                if order_id is not None:
-                    await settle_order(db, order_id, result)
-                elif deposit_id is not None:
-                    await settle_deposit(db, deposit_id, result)
+        async with atomic(engine) as uow:
+            if charge is not None and charge.status == "succeeded":
+                await card_payments.settle(uow.db, key, charge, purchase)
                 report.settled.append(label)
             else:
-                if order_id is not None:
-                    await release_order(db, order_id, result)
-                elif deposit_id is not None:
-                    await fail_deposit(db, deposit_id, result)
+                await card_payments.release(uow.db, key, charge, purchase)
                 report.released.append(label)
     return report

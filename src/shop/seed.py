@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from fastapi_atomic import create_engine
+from fastapi_atomic import atomic, create_engine
 
 from .services.accounts import find_user_by_email, sign_up
 from .services.catalog import ensure_product
@@ -25,13 +23,15 @@ async def seed_demo(database_url: str) -> list[str]:
     created: list[str] = []
     engine = create_engine(database_url)
     try:
-        async with AsyncSession(engine, expire_on_commit=False) as db, db.begin():
+        async with atomic(engine) as uow:
             for sku, name, price, stock in DEMO_PRODUCTS:
-                _, new = await ensure_product(db, sku=sku, name=name, price=price, stock=stock)
+                _, new = await ensure_product(uow.db, sku=sku, name=name, price=price, stock=stock)
                 if new:
                     created.append(f"product {sku}")
-            if await find_user_by_email(db, DEMO_EMAIL) is None:
-                await sign_up(db, name="Demo Customer", email=DEMO_EMAIL, password=DEMO_PASSWORD)
+            if await find_user_by_email(uow.db, DEMO_EMAIL) is None:
+                await sign_up(
+                    uow.db, name="Demo Customer", email=DEMO_EMAIL, password=DEMO_PASSWORD
+                )
                 created.append(f"customer {DEMO_EMAIL} (password {DEMO_PASSWORD})")
     finally:
         await engine.dispose()

@@ -34,9 +34,6 @@ class Settings(BaseSettings):
     fake_gateway_latency_ms: int = Field(0, ge=0)
     max_body_size: int = Field(1024 * 1024, gt=0)
     db_pool_size: int = Field(10, gt=0)
-    #: connections opened beyond the pool in a burst; each is closed again when it comes back
-    #: to a full pool, so a load that hovers above the pool size reconnects all the time
-    db_max_overflow: int = Field(0, ge=0)
     #: answer web-session reads from memory, invalidated by LISTEN/NOTIFY or Redis pub/sub
     session_cache: bool = True
     #: run transfers at this isolation level (PostgreSQL); None = the database's default

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from fastapi_atomic import UnitOfWork
+from fastapi_atomic.unit_of_work import SqlAlchemyUnitOfWork
 from fastapi_atomic.websession import WebSession, WebSessionManager, WebSessionStore
 
 IDLE, ABSOLUTE = 100.0, 250.0
@@ -76,7 +76,8 @@ class WebSessionMachine(RuleBasedStateMachine):
         browser = self.world.browsers[index]
 
         async def run() -> Any:
-            uow = UnitOfWork(self.engine)
+            # What AtomicMiddleware does around a request, step by step.
+            uow = SqlAlchemyUnitOfWork(self.engine)
             headers = [(b"cookie", f"session={browser.cookie}".encode())] if browser.cookie else []
             websession = self.manager.open({"type": "http", "headers": headers}, uow)
             await websession.load()
@@ -84,16 +85,16 @@ class WebSessionMachine(RuleBasedStateMachine):
             if hasattr(result, "__await__"):
                 result = await result
             if commit:
-                await uow.commit()
+                await uow._commit()
                 message: dict[str, Any] = {"type": "http.response.start", "headers": []}
-                uow.apply_response_headers(message)
+                uow._apply_response_headers(message)
                 for name, value in message["headers"]:
                     if name == b"set-cookie":
                         cookie = value.decode().split(";")[0].split("=", 1)[1]
                         browser.cookie = None if cookie == '""' else cookie
             else:
-                await uow.rollback()
-            await uow.close()
+                await uow._rollback()
+            await uow._close()
             return result
 
         return self.loop.run_until_complete(run())
@@ -121,7 +122,9 @@ class WebSessionMachine(RuleBasedStateMachine):
     def log_in(self, index: int, user: str) -> None:
         model = self.live_model(index)
         self.request(index, lambda ws: ws.login(user, {"user": user}))
-        data = {**(model.data if model else {}), "user": user}
+        # A guest's data, or the same user's, is kept; another user's session starts empty.
+        kept = model.data if model is not None and model.user in (None, user) else {}
+        data = {**kept, "user": user}
         self.kill(model)
         self.world.browsers[index].model = ModelSession(user, data, self.world.now, self.world.now)
 

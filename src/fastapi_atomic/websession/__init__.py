@@ -1,16 +1,16 @@
 """Server-side web sessions that commit with the request's data.
 
-store = SqlStore(web_sessions_table(metadata), cache=True)   # or RedisStore, MemoryStore
+store = SqlStore(web_sessions_table(Base.metadata), cache=True)   # or RedisStore, MemoryStore
 manager = WebSessionManager(store, keys=["current-key", "retiring-key"])
-app.add_middleware(AtomicMiddleware, engine=engine, participants=[manager])
+app.add_middleware(AtomicMiddleware, engine=engine, websessions=manager)
 
 @app.post("/login")
-async def login(websession: WebSessionDep) -> dict[str, str]:
+async def login(websession: WebSessionDep) -> LoggedIn:
     websession.login(user_id="42", data={"name": "Ada"})   # new id: no fixation
-    return {"csrf_token": websession.csrf_token}
+    return LoggedIn(csrf_token=websession.csrf_token)
 """
 
-from .cache import RecordCache, postgres_notify_trigger
+from .cache import RecordCache
 from .csrf import require_csrf_token
 from .dependencies import WebSessionDep, get_websession
 from .manager import WebSessionManager
@@ -21,6 +21,7 @@ from .stores.base import WebSessionStore
 from .stores.memory import MemoryStore
 from .stores.redis import RedisStore
 from .stores.sql import SqlStore, web_sessions_table
+from .stores.sql_trigger import postgres_notify_trigger
 
 __all__ = [
     "Changes",

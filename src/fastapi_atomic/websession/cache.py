@@ -30,31 +30,22 @@ UPDATE that left it alone, a write undone after a failed COMMIT). Rules that mak
 - Entries are re-read after ``max_age`` seconds whatever the feed says, a bound on the damage
   of a message lost without the connection dropping.
 - The cache holds each record frozen (pickled), never a live object: every read thaws a copy
-  of its own, so no request can change what another sees. Thawing is about a quarter of what
-  parsing the JSON cost (bench/README.md). The pickles are made here, from records this process
-  parsed or wrote, and never leave it: nothing from outside is ever unpickled.
+  of its own, so no request can change what another sees. Thawing a pickle is cheaper than
+  parsing the JSON again. The pickles are made here, from records this process parsed or
+  wrote, and never leave it: nothing from outside is ever unpickled.
+
+The feeds are in :mod:`.feeds`; the SQL store's trigger in :mod:`.stores.sql_trigger`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import pickle
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
-from sqlalchemy import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from ..unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from .record import SessionRecord
-
-if TYPE_CHECKING:
-    from ..unit_of_work import UnitOfWork
-
-logger = logging.getLogger("fastapi_atomic.websession")
-
 
 #: the version of a deleted record: newer than any, so its tombstone refuses every fill
 DELETED = float("inf")
@@ -125,20 +116,17 @@ class RecordCache:
         self._entries[key] = _Entry(frozen, version, self._clock())
 
     async def read_record(
-        self, key: str, read: Callable[[], Awaitable[str | bytes | None]]
+        self, key: str, read: Callable[[], Awaitable[SessionRecord | None]]
     ) -> SessionRecord | None:
-        """The record under ``key``: thawed from the cache, or parsed from what ``read`` finds
-        (and frozen into the cache if it may be)."""
+        """The record under ``key``: thawed from the cache, or what ``read`` finds (frozen into
+        the cache if it may be)."""
         if self.live:
             frozen = self.get(key)
             if frozen is not None:
                 return SessionRecord(**pickle.loads(frozen))
         epoch = self.epoch
-        text = await read()
-        if text is None:
-            return None
-        record = SessionRecord.from_json(text)
-        if self.live:
+        record = await read()
+        if record is not None and self.live:
             self.fill(key, _freeze(record), record.version, epoch)
         return record
 
@@ -147,11 +135,11 @@ class RecordCache:
         if not self.live:
             return
         epoch, frozen = self.epoch, _freeze(record)
-        uow.right_after_commit(lambda: self.fill(key, frozen, record.version, epoch))
+        _right_after_commit(uow, lambda: self.fill(key, frozen, record.version, epoch))
 
     def drop_on_commit(self, uow: UnitOfWork, key: str) -> None:
         """``uow`` deleted ``key``: stop serving it the moment the deletion commits."""
-        uow.right_after_commit(lambda: self.invalidate(key, DELETED))
+        _right_after_commit(uow, lambda: self.invalidate(key, DELETED))
 
     def invalidate(self, key: str, version: float | None = None) -> None:
         """``key`` changed to ``version`` (:data:`DELETED`; None: to a version nobody knows)."""
@@ -186,6 +174,13 @@ class RecordCache:
         return sum(1 for entry in self._entries.values() if entry.frozen is not None)
 
 
+def _right_after_commit(uow: UnitOfWork, hook: Callable[[], None]) -> None:
+    if isinstance(uow, SqlAlchemyUnitOfWork):
+        uow._right_after_commit(hook)
+    else:  # a fake unit of work: its on_commit hooks are the only ones it runs
+        uow.on_commit(hook)
+
+
 def _freeze(record: SessionRecord) -> bytes:
     return pickle.dumps(vars(record), pickle.HIGHEST_PROTOCOL)
 
@@ -195,182 +190,3 @@ def message(key: str, version: float | None) -> str:
     if version is None:
         return key
     return f"{key} -" if version == DELETED else f"{key} {int(version)}"
-
-
-class InvalidationFeed:
-    """Runs a subscription in the background, reconnecting, and evicts what it is told."""
-
-    heartbeat = 5.0
-    reconnect_delay = 1.0
-
-    def __init__(self, cache: RecordCache) -> None:
-        self.cache = cache
-        self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
-
-    async def start(self, wait: float = 1.0) -> None:
-        """Start listening; wait up to ``wait`` seconds for the first subscription.
-
-        Never longer: an app whose Redis is down must still start (and answer 503 where it
-        needs the session); its cache stays dark until the feed connects.
-        """
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"{type(self).__name__}")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await self._connected.wait()
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            done, _ = await asyncio.wait({self._task}, timeout=2.0)
-            if not done:
-                logger.warning("web-session cache feed did not stop within 2 s; left behind")
-            self._task = None
-        self.cache.go_dark()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                async with self._subscribe() as messages:
-                    self.cache.go_dark()  # anything cached before this subscription is suspect
-                    self.cache.live = True
-                    self._connected.set()
-                    async for change in messages:
-                        self.cache.on_message(change)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.warning("web-session cache feed lost (%s); reading the store meanwhile", exc)
-            finally:
-                self.cache.go_dark()
-            await asyncio.sleep(self.reconnect_delay)
-
-    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
-        raise NotImplementedError
-
-
-class PostgresFeed(InvalidationFeed):
-    """LISTEN on its own asyncpg connection (outside the app's pool) for the trigger's NOTIFYs."""
-
-    def __init__(self, cache: RecordCache, engine: AsyncEngine, channel: str) -> None:
-        super().__init__(cache)
-        self.channel = channel
-        url = engine.url.set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
-
-    @contextlib.asynccontextmanager
-    async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
-        import asyncpg  # type: ignore[import-untyped]  # PostgreSQL only, where it is the driver
-
-        raw = await asyncpg.connect(self._dsn, timeout=self.heartbeat)
-        try:
-            queue: asyncio.Queue[str | None] = asyncio.Queue()
-
-            def on_notify(_connection: Any, _pid: int, _channel: str, change: str) -> None:
-                queue.put_nowait(change)
-
-            raw.add_termination_listener(lambda _connection: queue.put_nowait(None))
-            await raw.add_listener(self.channel, on_notify)
-            yield self._messages(raw, queue)
-        finally:
-            # No await here: a cancelled feed (app shut-down) must not wait on a connection
-            # that may be in the middle of a heartbeat. Closing it ends the LISTEN.
-            raw.terminate()
-
-    async def _messages(self, raw: Any, queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
-        while True:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn the task's own
-            # cancellation (app shut-down) into a TimeoutError, and the feed would run on.
-            try:
-                async with asyncio.timeout(self.heartbeat):
-                    change = await queue.get()
-            except TimeoutError:
-                # A half-open connection delivers nothing and says nothing: ask.
-                async with asyncio.timeout(self.heartbeat):
-                    await raw.fetchval("SELECT 1")
-                continue
-            if change is None:
-                raise ConnectionError("the LISTEN connection was closed")
-            yield change
-
-
-class RedisFeed(InvalidationFeed):
-    """SUBSCRIBE to the channel the Redis store's scripts PUBLISH changed keys on."""
-
-    def __init__(self, cache: RecordCache, redis: Any, channel: str) -> None:
-        super().__init__(cache)
-        self.channel = channel
-        self._redis = redis
-
-    @contextlib.asynccontextmanager
-    async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
-        pubsub = self._redis.pubsub()
-        try:
-            await pubsub.subscribe(self.channel)
-            while (message := await pubsub.get_message(timeout=self.heartbeat)) is None:
-                pass
-            if message["type"] != "subscribe":
-                raise ConnectionError(f"unexpected first message {message['type']!r}")
-            yield self._messages(pubsub)
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
-
-    async def _messages(self, pubsub: Any) -> AsyncIterator[str]:
-        idle_since = time.monotonic()
-        while True:
-            message = await pubsub.get_message(timeout=1.0)
-            if message is None:
-                if time.monotonic() - idle_since > self.heartbeat:
-                    await pubsub.ping()  # raises if the connection is gone
-                    idle_since = time.monotonic()
-                continue
-            idle_since = time.monotonic()
-            if message["type"] == "message":
-                data = message["data"]
-                yield data.decode() if isinstance(data, bytes) else str(data)
-
-
-def notify_channel(table: Table) -> str:
-    """The channel the SQL store's trigger NOTIFYs on and its feed LISTENs to."""
-    return f"{table.name}_changed"
-
-
-def trigger_name(table: Table) -> str:
-    """The trigger's name, and its function's."""
-    return f"{table.name}_notify_change"
-
-
-def postgres_notify_trigger(table: Table) -> list[str]:
-    """DDL for the trigger that feeds the SQL store's cache (PostgreSQL only).
-
-    Run it in a migration after creating the table (running it again replaces an older
-    version). Every UPDATE or DELETE of a row, by the store or by anything else (a purge, a
-    hand-written query), NOTIFYs on commit: "<key> <new version>" for an update that moved the
-    version forward, "<key> -" for a delete, the bare key for any other change.
-    """
-    name, channel = trigger_name(table), notify_channel(table)
-    return [
-        f"""
-        CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$
-        BEGIN
-            IF TG_OP = 'DELETE' THEN
-                PERFORM pg_notify('{channel}', OLD.key || ' -');
-            ELSIF NEW.key = OLD.key AND NEW.version > OLD.version THEN
-                PERFORM pg_notify('{channel}', NEW.key || ' ' || NEW.version);
-            ELSE
-                PERFORM pg_notify('{channel}', OLD.key);
-                PERFORM pg_notify('{channel}', NEW.key);
-            END IF;
-            RETURN NULL;
-        END;
-        $$ LANGUAGE plpgsql
-        """,
-        f"DROP TRIGGER IF EXISTS {name} ON {table.name}",
-        f"""
-        CREATE TRIGGER {name}
-        AFTER UPDATE OR DELETE ON {table.name}
-        FOR EACH ROW EXECUTE FUNCTION {name}()
-        """,
-    ]

@@ -11,7 +11,7 @@ import hmac
 
 from fastapi import HTTPException, Request
 
-from .dependencies import get_websession
+from .dependencies import WebSessionDep
 
 HEADER = "x-csrf-token"
 FORM_FIELD = "csrf_token"
@@ -19,11 +19,14 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
-async def require_csrf_token(request: Request) -> None:
-    """Dependency: 403, before anything changes, for a missing or wrong token."""
+async def require_csrf_token(request: Request, websession: WebSessionDep) -> None:
+    """Dependency: 403, before anything changes, for a missing or wrong token.
+
+    Give it as a route's (or router's) ``dependencies=[Depends(require_csrf_token)]``: those
+    run before the route's own parameters are solved, so the check comes first.
+    """
     if request.method in SAFE_METHODS:
         return
-    websession = await get_websession(request)
     if not websession.had_cookie or not websession.is_live:
         return
     sent = request.headers.get(HEADER)

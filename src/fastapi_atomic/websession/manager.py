@@ -1,4 +1,4 @@
-"""WebSessionManager: the web-session settings, and the participant AtomicMiddleware calls."""
+"""WebSessionManager: the web-session settings; it opens each request's WebSession."""
 
 from __future__ import annotations
 
@@ -10,18 +10,19 @@ from starlette.requests import cookie_parser
 from starlette.types import Scope
 
 from ..exceptions import ConfigurationError
-from ..unit_of_work import UnitOfWork
+from ..unit_of_work import SqlAlchemyUnitOfWork
 from .record import SessionRecord
 from .session import WebSession
 from .signing import KeyRing
 from .stores.base import WebSessionStore
 
-#: where the request's WebSession (or, until a route asks for it, its manager) is kept
-EXTENSION = "fastapi_atomic.websession"
+#: where the request's WebSession is kept in the ASGI scope, once a route asked for it
+WEBSESSION = "fastapi_atomic.websession"
 
 
 class WebSessionManager:
-    """Pass it to ``AtomicMiddleware(participants=[manager])``.
+    """Pass it to the middleware: ``app.add_middleware(AtomicMiddleware, engine=engine,
+    websessions=manager)``; its store then starts and stops with the app.
 
     Timeouts follow the OWASP Session Management Cheat Sheet: an idle timeout and an absolute
     timeout, both checked on the server. The cookie's Max-Age is only a hint to the browser.
@@ -54,13 +55,10 @@ class WebSessionManager:
         self.clock = clock
         store.configure(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout, clock=clock)
 
-    def start(self, scope: Scope, uow: UnitOfWork) -> None:
-        # Nothing is parsed until a route asks for the session: /healthz pays nothing.
-        uow.extensions[EXTENSION] = self
-
-    def open(self, scope: Scope, uow: UnitOfWork) -> WebSession:
-        """The request's WebSession, made on first use (not loaded yet)."""
-        found = uow.extensions.get(EXTENSION)
+    def open(self, scope: Scope, uow: SqlAlchemyUnitOfWork) -> WebSession:
+        """The request's WebSession, made on first use (not loaded yet): a request that never
+        asks for it pays nothing, not even parsing its cookie."""
+        found = scope.get(WEBSESSION)
         if isinstance(found, WebSession):
             return found
         cookie: str | None = None
@@ -71,9 +69,9 @@ class WebSessionManager:
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
         websession = WebSession(self, uow, cookie, user_agent)
-        uow.extensions[EXTENSION] = websession
-        uow.before_commit(websession.save)
-        uow.on_response_headers(websession.apply_headers)
+        scope[WEBSESSION] = websession
+        uow._before_commit(websession.save)
+        uow._on_response_headers(websession.apply_headers)
         return websession
 
     def expires_at(self, record: SessionRecord) -> float:

@@ -38,9 +38,9 @@ class SessionRecord:
         """A copy whose mapping can change apart from this one's.
 
         Values are shared: nothing here changes a value in place (see :func:`apply_ops`), and a
-        session's record is parsed afresh for each request, so no request sees another's.
-        Deep copies made every save O(size of the session) several times over: a session
-        holding a thousand order ids spent 8 ms of CPU per order copying them.
+        session's record is parsed afresh for each request, so no request sees another's. A
+        deep copy would make every save cost as much as the session is large (a thousand order
+        ids copied for each new order).
         """
         return replace(self, data=dict(self.data))
 

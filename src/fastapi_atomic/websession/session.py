@@ -181,13 +181,26 @@ class WebSession(MutableMapping[str, JSON]):
         self._created = True
 
     def login(self, user_id: str, data: dict[str, JSON] | None = None) -> None:
-        """Regenerate (no fixation), then bind the session to ``user_id``."""
+        """Regenerate (no fixation), then bind the session to ``user_id``.
+
+        A guest's data is kept (a cart survives logging in), and so is the data of a session
+        that was already ``user_id``'s. A session of another user is ended instead: its
+        successor starts empty, so nothing of one user ever reaches another.
+        """
+        self._require_loaded()
+        if self.user_id not in (None, str(user_id)):
+            self._end_for_another_user()
         self.regenerate()
         assert self._record is not None
         self._record.user_id = str(user_id)
         self._record.created_at = self._record.authenticated_at = self._manager.clock()
         for key, value in (data or {}).items():
             self[key] = value
+
+    def _end_for_another_user(self) -> None:
+        if not self._created and self._id is not None:
+            self._replaced_key = store_key(self._id)
+        self._record, self._data, self._changes = None, {}, Changes()
 
     def invalidate(self) -> None:
         """Log out: the session is dead on the server once this commits."""

@@ -8,7 +8,6 @@ a SHA-256 of the id, so a leaked store does not leak live sessions.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import re
@@ -26,26 +25,16 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 
 
-@functools.lru_cache(maxsize=16_384)
 def store_key(session_id: str) -> str:
-    """What the store is keyed by: the id's hash, never the id.
-
-    Remembered: a browser sends the same id on every request, and hashing it was 4% of an
-    authenticated session read in-process.
-    """
+    """What the store is keyed by: the id's hash, never the id."""
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
 class KeyRing:
-    def __init__(self, keys: Sequence[str], *, remember: int = 10_000) -> None:
+    def __init__(self, keys: Sequence[str]) -> None:
         if not keys or any(not key for key in keys):
             raise ConfigurationError("KeyRing needs at least one non-empty secret key.")
         self._keys = [key.encode() for key in keys]
-        # Cookies already verified: the same browser sends the same cookie on every request,
-        # and verifying is a pure function of the cookie and the (fixed) keys. Only valid
-        # cookies are remembered, so junk cannot crowd them out faster than real traffic.
-        self._verified: dict[str, tuple[str, bool]] = {}
-        self._remember = remember
 
     def _signature(self, key: bytes, session_id: str) -> str:
         digest = hmac.new(key, b"websession:" + session_id.encode(), hashlib.sha256).digest()
@@ -56,9 +45,6 @@ class KeyRing:
 
     def unsign(self, cookie: str) -> tuple[str, bool] | None:
         """The id in a cookie and whether it needs re-signing; None for anything not ours."""
-        known = self._verified.get(cookie)
-        if known is not None:
-            return known
         if len(cookie) != MAX_COOKIE_LENGTH or cookie.count(".") != 1:
             return None
         session_id, signature = cookie.split(".")
@@ -66,8 +52,5 @@ class KeyRing:
             return None
         for index, key in enumerate(self._keys):
             if hmac.compare_digest(signature, self._signature(key, session_id)):
-                if len(self._verified) >= self._remember:
-                    del self._verified[next(iter(self._verified))]
-                verified = self._verified[cookie] = (session_id, index != 0)
-                return verified
+                return session_id, index != 0
         return None

@@ -1,4 +1,4 @@
-"""Request and response bodies of the API (CONTRACT.md)."""
+"""Request and response bodies of the API."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ class AccountOut(BaseModel):
 
 
 class UserCreated(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: int
     name: str
     email: str

@@ -1,25 +1,23 @@
-"""Logging in and out, and the user's sessions (CONTRACT.md)."""
+"""Logging in and out, and the user's sessions."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
-from fastapi_atomic import DB
-from fastapi_atomic.websession import WebSessionDep, get_websession
+from fastapi_atomic import DBDep
+from fastapi_atomic.websession import WebSessionDep
 from shop.errors import NotAuthenticated, ShopError
 from shop.services import accounts
 from shop.services.passwords import verify_password
-from shop.services.throttle import LoginThrottle
 
-from .deps import Csrf, CurrentUser, session_user
-from .routing import RequestRoute
+from .deps import Csrf, CurrentUser, LoginThrottleDep, SessionUser
 from .schemas import Email, StrictModel
 
-router = APIRouter(prefix="/api", tags=["session"])
+router = APIRouter(tags=["session"])
 
 
 class TooManyAttempts(ShopError):
@@ -36,6 +34,10 @@ class UserOut(BaseModel):
     name: str
     email: str
     roles: list[str]
+
+    @classmethod
+    def of(cls, user: SessionUser) -> UserOut:
+        return cls(id=user.id, name=user.name, email=user.email, roles=list(user.roles))
 
 
 class LoggedIn(BaseModel):
@@ -62,35 +64,26 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
-async def get_session(request: Request) -> Response:
-    # The hottest route of the service (a storefront asks it on every page): a RequestRoute,
-    # first in the route list, encoding its own JSON (bench/README.md).
-    websession = await get_websession(request)
-    user = session_user(websession)
+@router.get("/session", responses={401: {}})
+async def get_session(user: CurrentUser, websession: WebSessionDep) -> SessionOut:
     assert websession.csrf_token is not None and websession.expires_at is not None
     order_ids = websession.get("order_ids", [])
-    body = SessionOut(
-        user=UserOut(**user.as_json()),
+    return SessionOut(
+        user=UserOut.of(user),
         csrf_token=websession.csrf_token,
-        order_ids=[int(i) for i in order_ids] if isinstance(order_ids, list) else [],
+        order_ids=order_ids if isinstance(order_ids, list) else [],
         expires_at=_utc(websession.expires_at),
     )
-    return Response(body.model_dump_json(), media_type="application/json")
-
-
-router.add_api_route(
-    "/session",
-    get_session,
-    methods=["GET"],
-    response_model=SessionOut,
-    responses={401: {}},
-    route_class_override=RequestRoute,
-)
 
 
 @router.post("/session", responses={401: {}, 429: {}})
-async def log_in(body: Login, request: Request, db: DB, websession: WebSessionDep) -> LoggedIn:
-    throttle: LoginThrottle = request.app.state.login_throttle
+async def log_in(
+    body: Login,
+    request: Request,
+    db: DBDep,
+    websession: WebSessionDep,
+    throttle: LoginThrottleDep,
+) -> LoggedIn:
     address = request.client.host if request.client else "unknown"
     if throttle.blocked(body.email, address):
         raise TooManyAttempts("Too many failed log-in attempts; try again later.")
@@ -99,19 +92,24 @@ async def log_in(body: Login, request: Request, db: DB, websession: WebSessionDe
         throttle.failed(body.email, address)
         raise NotAuthenticated("Wrong e-mail or password.")
     throttle.succeeded(body.email)
-    roles = ["admin", "customer"] if user.role == "admin" else ["customer"]
-    profile = {"id": user.id, "name": user.name, "email": user.email, "roles": roles}
-    websession.login(str(user.id), {"user": profile})
+    roles = ("admin", "customer") if user.role == "admin" else ("customer",)
+    profile = SessionUser(id=user.id, name=user.name, email=user.email, roles=roles)
+    websession.login(
+        str(user.id),
+        {"user": {"name": user.name, "email": user.email, "roles": list(roles)}},
+    )
     assert websession.csrf_token is not None
-    return LoggedIn(user=UserOut(**profile), csrf_token=websession.csrf_token)
+    return LoggedIn(user=UserOut.of(profile), csrf_token=websession.csrf_token)
 
 
 @router.delete(
-    "/session", status_code=status.HTTP_204_NO_CONTENT, responses={401: {}}, dependencies=[Csrf]
+    "/session",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={401: {}},
+    dependencies=[Csrf],
 )
-async def log_out(_user: CurrentUser, websession: WebSessionDep) -> Response:
+async def log_out(_user: CurrentUser, websession: WebSessionDep) -> None:
     websession.invalidate()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("/sessions", responses={401: {}})
@@ -134,6 +132,5 @@ async def list_sessions(_user: CurrentUser, websession: WebSessionDep) -> list[S
     responses={401: {}},
     dependencies=[Csrf],
 )
-async def log_out_others(_user: CurrentUser, websession: WebSessionDep) -> Response:
+async def log_out_others(_user: CurrentUser, websession: WebSessionDep) -> None:
     await websession.invalidate_others()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -4,7 +4,7 @@ balance or stock, positive quantities and amounts."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -15,11 +15,9 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
-    Table,
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from fastapi_atomic import idempotency_table
@@ -193,15 +191,3 @@ class Deposit(Base):
 # The library's tables live in the shop's metadata, so the shop's migrations create them.
 web_sessions = web_sessions_table(Base.metadata)
 idempotency_keys = idempotency_table(Base.metadata)
-
-
-def table(model: type[Base]) -> Table:
-    """The Core table of ``model``, for hot paths that skip the ORM's execution layer."""
-    return cast(Table, model.__table__)
-
-
-def on_postgres(db: AsyncSession | AsyncEngine) -> bool:
-    """Whether the services may lock rows and write in one statement (PostgreSQL), or must take
-    the portable path (SQLite, one writer). An engine answers without making a session."""
-    dialect = db.dialect if isinstance(db, AsyncEngine) else db.get_bind().dialect
-    return dialect.name == "postgresql"

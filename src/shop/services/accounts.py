@@ -2,60 +2,88 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shop.db.models import Account, User
-from shop.errors import Conflict
+from shop.errors import Conflict, NotFound, PaymentDeclined
 
-from .passwords import hash_password
+from .passwords import hash_password, verify_password
 
 
 async def sign_up(
     db: AsyncSession, *, name: str, email: str, password: str, role: str = "customer"
-) -> tuple[User, list[Account]]:
+) -> User:
     """Create a user and their first account (balance 0): both rows or neither.
 
     The unique index decides between concurrent sign-ups with one e-mail; the loser gets a
     Conflict and its transaction is rolled back by the unit of work.
     """
-    password_hash = await hash_password(password)
-    user = User(name=name, email=email, password_hash=password_hash, role=role)
+    user = User(
+        name=name,
+        email=email,
+        password_hash=await hash_password(password),
+        role=role,
+        accounts=[Account(balance=0)],
+    )
     db.add(user)
     try:
-        await db.flush()
+        async with db.begin_nested():
+            await db.flush()
     except IntegrityError as exc:
         raise Conflict("That e-mail address is already registered.") from exc
-    account = Account(user_id=user.id, balance=0)
-    db.add(account)
-    await db.flush()
-    return user, [account]
+    return user
 
 
 async def find_user_by_email(db: AsyncSession, email: str) -> User | None:
-    return (await db.execute(select(User).where(User.email == email))).scalar_one_or_none()
+    user: User | None = await db.scalar(select(User).where(User.email == email))
+    return user
 
 
 async def accounts_of(db: AsyncSession, user_id: int) -> list[Account]:
-    result = await db.execute(
-        select(Account).where(Account.user_id == user_id).order_by(Account.id)
+    return list(
+        await db.scalars(select(Account).where(Account.user_id == user_id).order_by(Account.id))
     )
-    return list(result.scalars())
+
+
+async def owned_account(db: AsyncSession, *, user_id: int, account_id: int) -> Account:
+    """The user's account; NotFound for anyone else's, or one that does not exist."""
+    account: Account | None = await db.scalar(
+        select(Account).where(Account.id == account_id, Account.user_id == user_id)
+    )
+    if account is None:
+        raise NotFound(f"Account {account_id} not found.")
+    return account
+
+
+async def debit(db: AsyncSession, *, user_id: int, account_id: int, amount: int) -> None:
+    """Take ``amount`` from the user's account, locked first; PaymentDeclined if it is short."""
+    balance = await db.scalar(
+        select(Account.balance)
+        .where(Account.id == account_id, Account.user_id == user_id)
+        .with_for_update(key_share=True)
+    )
+    if balance is None:
+        raise NotFound(f"Account {account_id} not found.")
+    if balance < amount:
+        raise PaymentDeclined(f"Insufficient funds in account {account_id}.")
+    await change_balance(db, account_id=account_id, by=-amount)
+
+
+async def change_balance(db: AsyncSession, *, account_id: int, by: int) -> None:
+    """Add ``by`` cents (negative: take) in one UPDATE; the database refuses a negative balance."""
+    await db.execute(
+        update(Account).where(Account.id == account_id).values(balance=Account.balance + by)
+    )
 
 
 async def ensure_admin(db: AsyncSession, *, email: str, password: str) -> User:
     """The admin named by the settings exists with that password and role (idempotent)."""
-    from .passwords import verify_password
-
     user = await find_user_by_email(db, email)
     if user is None:
-        user, _ = await sign_up(
-            db, name="Administrator", email=email, password=password, role="admin"
-        )
-        return user
-    if user.role != "admin":
-        user.role = "admin"
+        return await sign_up(db, name="Administrator", email=email, password=password, role="admin")
+    user.role = "admin"
     if not await verify_password(user.password_hash, password):
         user.password_hash = await hash_password(password)
     await db.flush()

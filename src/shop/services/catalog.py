@@ -6,12 +6,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shop.db.models import Product, on_postgres
+from shop.db.models import Product
 from shop.errors import Conflict, NotFound
 
 
 async def list_products(db: AsyncSession) -> list[Product]:
-    return list((await db.execute(select(Product).order_by(Product.id))).scalars())
+    return list(await db.scalars(select(Product).order_by(Product.id)))
 
 
 async def create_product(
@@ -20,7 +20,8 @@ async def create_product(
     product = Product(sku=sku, name=name, price=price, stock=stock)
     db.add(product)
     try:
-        await db.flush()
+        async with db.begin_nested():
+            await db.flush()
     except IntegrityError as exc:
         raise Conflict(f"A product with sku {sku!r} already exists.") from exc
     return product
@@ -29,10 +30,9 @@ async def create_product(
 async def update_product(
     db: AsyncSession, product_id: int, *, price: int | None, stock: int | None
 ) -> Product:
-    query = select(Product).where(Product.id == product_id)
-    if on_postgres(db):
-        query = query.with_for_update()
-    product = (await db.execute(query)).scalar_one_or_none()
+    product = await db.scalar(
+        select(Product).where(Product.id == product_id).with_for_update(key_share=True)
+    )
     if product is None:
         raise NotFound(f"Product {product_id} not found.")
     if price is not None:
@@ -47,10 +47,10 @@ async def ensure_product(
     db: AsyncSession, *, sku: str, name: str, price: int, stock: int
 ) -> tuple[Product, bool]:
     """The product with ``sku`` exists (created with these values if it did not); created?"""
-    product = (await db.execute(select(Product).where(Product.sku == sku))).scalar_one_or_none()
-    if product is None:
-        product = Product(sku=sku, name=name, price=price, stock=stock)
-        db.add(product)
-        await db.flush()
-        return product, True
-    return product, False
+    product = await db.scalar(select(Product).where(Product.sku == sku))
+    if product is not None:
+        return product, False
+    product = Product(sku=sku, name=name, price=price, stock=stock)
+    db.add(product)
+    await db.flush()
+    return product, True

@@ -1,22 +1,22 @@
 """Deposits: the card is charged, then the balance raised; both or neither.
 
-The same three steps as a card checkout (see services/orders.py): a committed 'pending' deposit,
-the charge with no transaction open, then the balance raised in the request's transaction.
+The card-payment flow of :mod:`.card_payments`: a 'pending' deposit reserved in a phase, the
+charge with no transaction open, then the balance raised in the request's transaction.
 """
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_atomic import UnitOfWork
-from shop.db.models import Account, Deposit, Payment, utcnow
-from shop.errors import GatewayUnavailable, NotFound, PaymentDeclined
-from shop.payments import ChargeResult, PaymentGateway
+from shop.db.models import Deposit, Payment
+from shop.payments import PaymentGateway
 
-from .orders import NO_CHARGE, UNKNOWN, charge_or_find
+from . import card_payments
+from .accounts import change_balance, owned_account
 
 
 async def deposit(
@@ -29,83 +29,43 @@ async def deposit(
     card_number: str,
     payment_key: str | None,
 ) -> Deposit:
-    owned = await uow.db.scalar(
-        select(Account.id).where(Account.id == account_id, Account.user_id == user_id)
-    )
-    if owned is None:
-        raise NotFound(f"Account {account_id} not found.")
-    key = payment_key or f"deposit_{uuid.uuid4().hex}"
+    await owned_account(uow.db, user_id=user_id, account_id=account_id)
+    key = payment_key or card_payments.new_payment_key("deposit")
 
-    async def reserve(db: AsyncSession) -> tuple[int, str]:
-        existing = await db.scalar(select(Payment).where(Payment.gateway_key == key))
-        if existing is not None and existing.deposit_id is not None:
-            record = await db.get_one(Deposit, existing.deposit_id)
-            return record.id, record.status
+    async def reserve(db: AsyncSession) -> Payment:
+        earlier = await card_payments.find_payment(db, key)
+        if earlier is not None:
+            return earlier
         record = Deposit(account_id=account_id, amount=amount, status="pending")
         db.add(record)
         await db.flush()
-        db.add(Payment(gateway_key=key, amount=amount, deposit_id=record.id))
-        await db.flush()
-        return record.id, record.status
+        return await card_payments.reserve(db, key=key, amount=amount, deposit_id=record.id)
 
-    deposit_id, status = await uow.run_phase(reserve)
-    if status == "failed":
-        raise PaymentDeclined("The card was declined.")
-    if status == "pending":
-        result = await charge_or_find(gateway, amount=amount, card_number=card_number, key=key)
-        if result is UNKNOWN:
-            raise GatewayUnavailable(
-                "The payment gateway did not answer; the deposit is pending and will be settled."
+    payment = await uow.run_phase(reserve)
+    assert payment.deposit_id is not None
+    purchase = DepositPurchase(payment.deposit_id)
+    await card_payments.collect(uow, gateway, payment, card_number=card_number, purchase=purchase)
+    return await uow.db.get_one(Deposit, payment.deposit_id)
+
+
+@dataclass(frozen=True)
+class DepositPurchase:
+    """A card payment's deposit: the balance raised when the payment succeeds."""
+
+    deposit_id: int
+
+    async def complete(self, db: AsyncSession) -> None:
+        account_id, amount = (
+            await db.execute(
+                select(Deposit.account_id, Deposit.amount).where(Deposit.id == self.deposit_id)
             )
-        if result is NO_CHARGE or (
-            isinstance(result, ChargeResult) and result.status != "succeeded"
-        ):
-            declined = result if isinstance(result, ChargeResult) else None
-            await uow.run_phase(lambda db: fail_deposit(db, deposit_id, declined))
-            if declined is None:
-                raise GatewayUnavailable("The payment gateway failed; nothing was charged.")
-            raise PaymentDeclined(f"The card was declined ({declined.decline_code or 'declined'}).")
-        assert isinstance(result, ChargeResult)
-        await settle_deposit(uow.db, deposit_id, result)
-    return await uow.db.get_one(Deposit, deposit_id, populate_existing=True)
-
-
-async def settle_deposit(db: AsyncSession, deposit_id: int, result: ChargeResult) -> bool:
-    """Raise the balance once for a charged deposit; False if it was no longer pending."""
-    record = await db.get_one(Deposit, deposit_id)
-    settled = await db.execute(
-        update(Deposit)
-        .where(Deposit.id == deposit_id, Deposit.status == "pending")
-        .values(status="succeeded")
-    )
-    if not settled.rowcount:  # type: ignore[attr-defined]
-        return False
-    await db.execute(
-        update(Account)
-        .where(Account.id == record.account_id)
-        .values(balance=Account.balance + record.amount)
-    )
-    await db.execute(
-        update(Payment)
-        .where(Payment.deposit_id == deposit_id)
-        .values(status="succeeded", charge_id=result.charge_id, updated_at=utcnow())
-    )
-    return True
-
-
-async def fail_deposit(db: AsyncSession, deposit_id: int, result: ChargeResult | None) -> bool:
-    failed = await db.execute(
-        update(Deposit)
-        .where(Deposit.id == deposit_id, Deposit.status == "pending")
-        .values(status="failed")
-    )
-    await db.execute(
-        update(Payment)
-        .where(Payment.deposit_id == deposit_id, Payment.status == "pending")
-        .values(
-            status="failed" if result is None else "declined",
-            decline_code=result.decline_code if result else None,
-            updated_at=utcnow(),
+        ).one()
+        await db.execute(
+            update(Deposit).where(Deposit.id == self.deposit_id).values(status="succeeded")
         )
-    )
-    return bool(failed.rowcount)  # type: ignore[attr-defined]
+        await change_balance(db, account_id=account_id, by=amount)
+
+    async def give_up(self, db: AsyncSession) -> None:
+        await db.execute(
+            update(Deposit).where(Deposit.id == self.deposit_id).values(status="failed")
+        )

@@ -10,17 +10,18 @@ from typing import Annotated
 
 import httpx
 import pytest
-from fastapi import Depends, FastAPI, Header, HTTPException
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_atomic import (
-    DB,
     AtomicMiddleware,
     Backoff,
-    IdempotencyContext,
+    DBDep,
+    IdempotencyKey,
     IdempotencyKeys,
-    UoW,
+    UnitOfWorkDep,
+    claim_idempotency_key,
     create_engine,
     idempotency_table,
 )
@@ -57,22 +58,28 @@ class World:
             )
 
 
-def owner(x_user: Annotated[str, Header()] = "alice") -> str:
-    return x_user
+async def idempotency_key(
+    request: Request, x_user: Annotated[str, Header()] = "alice"
+) -> IdempotencyKey | None:
+    """The app's own dependency: it knows who owns the key (here, a header says)."""
+    return await claim_idempotency_key(request, owner=x_user)
+
+
+Idempotent = Annotated[IdempotencyKey | None, Depends(idempotency_key)]
 
 
 def build_app(world: World) -> FastAPI:
     keys = IdempotencyKeys(keys_table, lease_seconds=30, ttl_seconds=3600, clock=world.clock)
-    claim = Depends(keys.dependency(owner))
     app = FastAPI()
     app.add_middleware(
-        AtomicMiddleware, engine=world.engine, backoff=Backoff(attempts=3, base=0.001, cap=0.002)
+        AtomicMiddleware,
+        engine=world.engine,
+        idempotency_keys=keys,
+        backoff=Backoff(attempts=3, base=0.001, cap=0.002),
     )
 
     @app.post("/effects", status_code=201)
-    async def create(
-        body: dict[str, str], db: DB, idem: IdempotencyContext | None = claim
-    ) -> dict[str, int | str]:
+    async def create(body: dict[str, str], db: DBDep, _key: Idempotent) -> dict[str, int | str]:
         result = await db.execute(insert(effects).values(name=body["name"]))
         if body.get("wait"):
             world.entered.set()
@@ -85,7 +92,7 @@ def build_app(world: World) -> FastAPI:
         return {"id": int(result.inserted_primary_key[0]), "name": body["name"]}
 
     @app.post("/phase-then-crash")
-    async def phase_then_crash(uow: UoW, idem: IdempotencyContext | None = claim) -> None:
+    async def phase_then_crash(uow: UnitOfWorkDep, _key: Idempotent) -> None:
         await uow.run_phase(lambda db: db.execute(insert(effects).values(name="phase")))
         raise RuntimeError("crash after the phase")
 

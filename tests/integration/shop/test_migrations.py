@@ -1,5 +1,5 @@
 """Migrations 0003 (the session cache's trigger) and 0004 (its versioned messages) go down and
-up again on PostgreSQL."""
+up again on PostgreSQL, each installing its own version of the trigger."""
 
 from __future__ import annotations
 
@@ -8,19 +8,33 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from fastapi_atomic.websession.cache import trigger_name
+from fastapi_atomic.websession import postgres_notify_trigger
+from fastapi_atomic.websession.stores.sql_trigger import trigger_name
 from shop.db.migrate import alembic_config, upgrade
 from shop.db.models import web_sessions
 
 
-async def downgrade(engine: AsyncEngine, url: str, revision: str) -> None:
+async def migrate(engine: AsyncEngine, url: str, direction: str, revision: str) -> None:
     def run(connection: Connection) -> None:
         config = alembic_config(url)
         config.attributes["connection"] = connection
-        command.downgrade(config, revision)
+        getattr(command, direction)(config, revision)
 
     async with engine.begin() as connection:
         await connection.run_sync(run)
+
+
+async def downgrade(engine: AsyncEngine, url: str, revision: str) -> None:
+    await migrate(engine, url, "downgrade", revision)
+
+
+async def function_source(engine: AsyncEngine) -> str:
+    async with engine.connect() as connection:
+        source = await connection.scalar(
+            text("SELECT prosrc FROM pg_proc WHERE proname = :name"),
+            {"name": trigger_name(web_sessions)},
+        )
+    return " ".join(str(source).split())
 
 
 async def test_the_cache_trigger_migration_downgrades_and_upgrades(postgres_url: str) -> None:
@@ -65,4 +79,23 @@ async def test_the_versioned_notifications_migration_downgrades_and_upgrades(
     finally:
         await upgrade(postgres_url)
         assert await says_the_version()
+        await engine.dispose()
+
+
+async def test_each_migration_installs_its_own_trigger(postgres_url: str) -> None:
+    """History does not follow the library: 0003 installs the key-only trigger even now, and
+    the head installs exactly what the library's postgres_notify_trigger() says today."""
+    engine = create_async_engine(postgres_url)
+    try:
+        await downgrade(engine, postgres_url, "0002")
+        await migrate(engine, postgres_url, "upgrade", "0003")
+        assert "NEW.version" not in await function_source(engine)
+        await migrate(engine, postgres_url, "upgrade", "head")
+        at_head = await function_source(engine)
+        async with engine.begin() as connection:
+            for statement in postgres_notify_trigger(web_sessions):
+                await connection.execute(text(statement))
+        assert await function_source(engine) == at_head
+    finally:
+        await upgrade(postgres_url)
         await engine.dispose()

@@ -7,7 +7,6 @@ most tests take a snapshot first and compare.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from typing import Any
 
 import pytest
@@ -30,17 +29,10 @@ from shop_testing import (
 )
 from sqlalchemy import event, select
 
-from shop.db.models import Order, Payment
+from shop.db.models import Order, OrderItem, Payment
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.reconcile import reconcile
 from shop.services import orders
-
-
-def gateway_of(app: FastAPI) -> FakeGateway:
-    gateway = app.state.gateway
-    assert isinstance(gateway, FakeGateway)
-    return gateway
-
 
 # --- catalogue ---------------------------------------------------------------------------
 
@@ -78,26 +70,32 @@ async def test_catalogue_admin_only(app: FastAPI, admin: Shopper, new_shopper: N
 
 
 async def test_deposit_charges_and_raises_the_balance(
-    app: FastAPI, new_shopper: NewShopper
+    app: FastAPI,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     response = await deposit(shopper, 5000)
     assert response.status_code == 201
     assert response.json()["amount"] == 5000
     assert (await shopper.get("/api/accounts")).json()[0]["balance"] == 5000
-    assert gateway_of(app).total_charged == 5000
+    assert gateway.total_charged == 5000
 
 
 @pytest.mark.parametrize(("number", "status"), [(DECLINED, 402), (NO_FUNDS, 402), (TRANSIENT, 503)])
 async def test_failed_deposit_changes_nothing(
-    app: FastAPI, new_shopper: NewShopper, number: str, status: int
+    app: FastAPI,
+    new_shopper: NewShopper,
+    number: str,
+    status: int,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     before = await snapshot(shopper)
     response = await deposit(shopper, 5000, number)
     assert response.status_code == status
     assert await snapshot(shopper) == before
-    assert gateway_of(app).total_charged == 0
+    assert gateway.total_charged == 0
 
 
 async def test_deposit_into_someone_elses_account_is_404(new_shopper: NewShopper) -> None:
@@ -126,24 +124,28 @@ async def test_bad_deposits_are_422(new_shopper: NewShopper, body: dict[str, Any
     assert response.status_code == 422
 
 
-async def test_deposit_needs_the_csrf_token(app: FastAPI, new_shopper: NewShopper) -> None:
+async def test_deposit_needs_the_csrf_token(
+    app: FastAPI, new_shopper: NewShopper, gateway: FakeGateway
+) -> None:
     shopper: Shopper = await new_shopper()
     response = await shopper.client.post(
         f"/api/accounts/{shopper.account_id}/deposits", json={"amount": 100, "card_number": OK_CARD}
     )
     assert response.status_code == 403
-    assert gateway_of(app).total_charged == 0
+    assert gateway.total_charged == 0
 
 
 async def test_deposit_replayed_with_its_key_charges_once(
-    app: FastAPI, new_shopper: NewShopper
+    app: FastAPI,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     first = await deposit(shopper, 700, **{"Idempotency-Key": "dep-1"})
     second = await deposit(shopper, 700, **{"Idempotency-Key": "dep-1"})
     assert first.status_code == second.status_code == 201
     assert first.json() == second.json()
-    assert gateway_of(app).total_charged == 700
+    assert gateway.total_charged == 700
     assert (await shopper.get("/api/accounts")).json()[0]["balance"] == 700
     other = await deposit(shopper, 800, **{"Idempotency-Key": "dep-1"})
     assert other.status_code == 422
@@ -224,7 +226,12 @@ async def test_order_from_an_account(admin: Shopper, new_shopper: NewShopper) ->
     ],
 )
 async def test_failed_orders_leave_everything_as_it_was(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper, case: str, status: int
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    case: str,
+    status: int,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     other: Shopper = await new_shopper()
@@ -253,12 +260,12 @@ async def test_failed_orders_leave_everything_as_it_was(
     if case == "no stock, paid from the account":
         await deposit(shopper, 5000)  # enough money: stock is what runs out
         before = await snapshot(shopper)
-    charged = gateway_of(app).total_charged
+    charged = gateway.total_charged
     response = await order(shopper, items, payment)
     assert response.status_code == status, response.text
     assert await snapshot(shopper) == before
     assert await snapshot(other) == others_before
-    assert gateway_of(app).total_charged == charged
+    assert gateway.total_charged == charged
 
 
 @pytest.mark.parametrize("method", ["card", "account"])
@@ -278,18 +285,24 @@ async def test_an_order_whose_last_line_is_short_takes_no_stock_at_all(
     assert await snapshot(shopper) == before
 
 
-async def test_card_order(app: FastAPI, admin: Shopper, new_shopper: NewShopper) -> None:
+async def test_card_order(
+    app: FastAPI, admin: Shopper, new_shopper: NewShopper, gateway: FakeGateway
+) -> None:
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1200, 4)
     response = await order(shopper, [(mug, 2)], card())
     assert response.status_code == 201
     assert response.json()["status"] == "paid"
-    assert gateway_of(app).total_charged == 2400
+    assert gateway.total_charged == 2400
     assert (await shopper.get("/api/session")).json()["order_ids"] == [response.json()["id"]]
 
 
 async def test_no_database_connection_is_held_while_the_card_is_charged(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper, monkeypatch: pytest.MonkeyPatch
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    monkeypatch: pytest.MonkeyPatch,
+    gateway: FakeGateway,
 ) -> None:
     """A slow gateway must not hold the pool: 64 buyers waiting on it would starve everyone."""
     shopper: Shopper = await new_shopper()
@@ -307,7 +320,6 @@ async def test_no_database_connection_is_held_while_the_card_is_charged(
 
     event.listen(engine, "checkout", on_checkout)
     event.listen(engine, "checkin", on_checkin)
-    gateway = gateway_of(app)
     charge = gateway.charge
     held_during_charge: list[int] = []
 
@@ -376,7 +388,10 @@ async def test_orders_belong_to_their_user(admin: Shopper, new_shopper: NewShopp
 
 
 async def test_a_client_retry_after_a_lost_response_charges_once(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 5)
@@ -385,7 +400,7 @@ async def test_a_client_retry_after_a_lost_response_charges_once(
     retry = await order(shopper, [(mug, 1)], card(), **key)
     assert first.status_code == retry.status_code == 201
     assert first.json() == retry.json()
-    assert gateway_of(app).total_charged == 1000
+    assert gateway.total_charged == 1000
     assert len((await shopper.get("/api/orders")).json()) == 1
     assert (await shopper.get("/api/session")).json()["order_ids"] == [first.json()["id"]]
     changed = await order(shopper, [(mug, 2)], card(), **key)
@@ -393,11 +408,13 @@ async def test_a_client_retry_after_a_lost_response_charges_once(
 
 
 async def test_gateway_timeout_after_the_charge_is_settled_by_reconcile(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 5)
-    gateway = gateway_of(app)
     gateway.fail_next(2, after_charge=True)  # the charge and the follow-up look-up time out
     gateway_lookup = gateway.lookup
 
@@ -445,26 +462,28 @@ async def test_a_price_that_changed_during_checkout_reruns_it_at_the_new_price(
     new_shopper: NewShopper,
     method: str,
     monkeypatch: pytest.MonkeyPatch,
+    gateway: FakeGateway,
 ) -> None:
     # Prices are read without a lock and checked again when the stock row is locked. The first
-    # read here is stale (900, as if an admin raised the price right after it): the stock
-    # UPDATE sees 1000, the attempt is rolled back and re-run, and the order costs 2000.
-    if app.state.engine.dialect.name == "postgresql":
-        pytest.skip("on PostgreSQL one statement reads the price under the lock: nothing stale")
+    # read here is stale (900, as if an admin raised the price right after it): the locked row
+    # says 1000, the attempt is rolled back and re-run, and the order costs 2000.
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 5)
     assert (await deposit(shopper, 5000)).status_code == 201
-    charged_before = gateway_of(app).total_charged
-    real_price = orders._price
+    charged_before = gateway.total_charged
+    real_priced_items = orders._priced_items
     reads = 0
 
-    async def stale_first(db: Any, lines: list[orders.Line]) -> list[orders.PlacedItem]:
+    async def stale_first(db: Any, lines: list[orders.Line]) -> list[OrderItem]:
         nonlocal reads
         reads += 1
-        items = await real_price(db, lines)
-        return [dataclasses.replace(i, unit_price=900) for i in items] if reads == 1 else items
+        items = await real_priced_items(db, lines)
+        if reads == 1:
+            for item in items:
+                item.unit_price = 900
+        return items
 
-    monkeypatch.setattr(orders, "_price", stale_first)
+    monkeypatch.setattr(orders, "_priced_items", stale_first)
     payment = card() if method == "card" else from_account(shopper)
     created = await order(shopper, [(mug, 2)], payment)
     assert created.status_code == 201, created.text
@@ -475,18 +494,20 @@ async def test_a_price_that_changed_during_checkout_reruns_it_at_the_new_price(
     assert products[mug]["stock"] == 3
     balance = (await shopper.get("/api/accounts")).json()[0]["balance"]
     assert balance == (5000 if method == "card" else 3000)
-    assert gateway_of(app).total_charged - charged_before == (2000 if method == "card" else 0)
+    assert gateway.total_charged - charged_before == (2000 if method == "card" else 0)
     assert [o["id"] for o in (await shopper.get("/api/orders")).json()] == [created.json()["id"]]
 
 
 async def test_reconcile_settling_the_order_while_the_gateway_answers_charges_once(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
 ) -> None:
     # A reconcile run finds the charge and settles the order between the charge and phase 2:
     # the checkout finds it no longer pending, and answers the order as reconcile left it.
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 5)
-    gateway = gateway_of(app)
     real_charge = gateway.charge
 
     async def charge_then_reconcile(**kwargs: Any) -> Any:
@@ -506,11 +527,13 @@ async def test_reconcile_settling_the_order_while_the_gateway_answers_charges_on
 
 
 async def test_reconcile_releases_a_reservation_that_was_never_charged(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 5)
-    gateway = gateway_of(app)
     gateway.fail_next(1, after_charge=False)
 
     async def no_answer(key: str) -> Any:
@@ -625,12 +648,15 @@ async def test_two_tabs_ordering_at_once_both_land_in_the_session(
 
 
 async def test_a_slow_order_overlapping_logout_does_not_revive_the_session(
-    app: FastAPI, admin: Shopper, new_shopper: NewShopper
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
 ) -> None:
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 100, 10)
     cookie = shopper.client.cookies["shop_session"]
-    gateway_of(app).latency_ms = 300
+    gateway.latency_ms = 300
     slow = asyncio.create_task(order(shopper, [(mug, 1)], card()))
     await asyncio.sleep(0.1)
     async with client_for(app) as other_tab:

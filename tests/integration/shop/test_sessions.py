@@ -9,7 +9,16 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from shop_testing import Shopper, client_for, log_in, make_settings, running
+from shop_testing import (
+    Shopper,
+    add_product,
+    client_for,
+    from_account,
+    log_in,
+    make_settings,
+    order,
+    running,
+)
 
 from shop.settings import Settings
 
@@ -151,6 +160,30 @@ async def test_logout_kills_the_session_on_the_server(
         replay.cookies.set(COOKIE, domain="shop.test", value=cookie)
         assert (await replay.get("/api/session")).status_code == 401
         assert (await replay.delete("/api/session")).status_code == 401
+
+
+async def test_logging_in_as_someone_else_starts_with_none_of_their_orders(
+    app: FastAPI, admin: Shopper, new_shopper: Callable[..., Any]
+) -> None:
+    ada: Shopper = await new_shopper()
+    bob: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 0, 5)
+    assert (await order(ada, [(mug, 1)], from_account(ada))).status_code == 201
+    adas_cookie = session_cookie(ada.client)
+    # Bob logs in on Ada's browser: nothing of her session is his, and hers is over.
+    response = await ada.client.post(
+        "/api/session", json={"email": bob.email, "password": bob.password}
+    )
+    assert response.status_code == 200
+    session = (await ada.client.get("/api/session")).json()
+    assert session["user"]["email"] == bob.email and session["order_ids"] == []
+    async with client_for(app) as replay:
+        replay.cookies.set(COOKIE, domain="shop.test", value=adas_cookie)
+        assert (await replay.get("/api/session")).status_code == 401
+    # Logging in again as the same user keeps the session's data.
+    assert (await order(bob, [(mug, 1)], from_account(bob))).status_code == 201
+    await bob.login_again()
+    assert len((await bob.get("/api/session")).json()["order_ids"]) == 1
 
 
 async def test_logout_needs_the_csrf_token(new_shopper: Callable[..., Any]) -> None:

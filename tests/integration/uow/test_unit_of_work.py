@@ -19,14 +19,17 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Column, Integer, MetaData, String, Table, event, func, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import DeclarativeBase
 
 from fastapi_atomic import (
-    DB,
     AtomicMetrics,
     AtomicMiddleware,
     Backoff,
+    BodyStream,
+    ConfigurationError,
+    DBDep,
     TooLate,
-    UoW,
+    UnitOfWorkDep,
     create_engine,
     isolation_level,
 )
@@ -39,6 +42,15 @@ items = Table(
     Column("name", String(50), nullable=False, unique=True),
     Column("grp", String(20), nullable=False, default="a"),
 )
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Item(Base):
+    __table__ = items
+
 
 FAST_RETRIES = Backoff(attempts=4, base=0.001, cap=0.005)
 
@@ -64,35 +76,31 @@ class Harness:
 
 
 def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastAPI:
-    app = FastAPI()
+    app = FastAPI(max_body_size=1000)
     app.add_middleware(
-        AtomicMiddleware,
-        engine=harness.engine,
-        backoff=FAST_RETRIES,
-        max_body_size=1000,
-        metrics=harness.metrics,
+        AtomicMiddleware, engine=harness.engine, backoff=FAST_RETRIES, metrics=harness.metrics
     )
     first_attempts: set[str] = set()
 
     @app.post("/items/{name}")
-    async def add(name: str, db: DB, uow: UoW) -> dict[str, str]:
+    async def add(name: str, db: DBDep, uow: UnitOfWorkDep) -> dict[str, str]:
         await db.execute(insert(items).values(name=name))
         uow.on_commit(lambda: harness.hooks.append(f"committed {name}"))
         return {"name": name}
 
     @app.post("/fail-after-flush/{name}")
-    async def fail(name: str, db: DB) -> None:
+    async def fail(name: str, db: DBDep) -> None:
         await db.execute(insert(items).values(name=name))
         raise RuntimeError("boom after the flush")
 
     @app.post("/conflict-after-flush/{name}")
-    async def conflict(name: str, db: DB, uow: UoW) -> None:
+    async def conflict(name: str, db: DBDep, uow: UnitOfWorkDep) -> None:
         await db.execute(insert(items).values(name=name))
         uow.on_commit(lambda: harness.hooks.append("must not run"))
         raise HTTPException(409, "conflict after a write")
 
     @app.post("/commit-fails/{name}")
-    async def commit_fails(name: str, db: DB) -> dict[str, str]:
+    async def commit_fails(name: str, db: DBDep) -> dict[str, str]:
         # A constraint checked only at COMMIT: the handler succeeds, the commit does not.
         if db.bind.dialect.name == "postgresql":
             await db.execute(text("SET CONSTRAINTS ALL DEFERRED"))
@@ -104,7 +112,7 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
         return {"name": name}
 
     @app.post("/savepoint/{name}")
-    async def savepoint(name: str, db: DB, uow: UoW) -> dict[str, bool]:
+    async def savepoint(name: str, db: DBDep, uow: UnitOfWorkDep) -> dict[str, bool]:
         duplicate = False
         try:
             async with uow.savepoint():
@@ -116,7 +124,7 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
         return {"duplicate": duplicate}
 
     @app.post("/write-skew/{name}", dependencies=[Depends(isolation_level("SERIALIZABLE"))])
-    async def write_skew(name: str, request: Request, db: DB) -> dict[str, int]:
+    async def write_skew(name: str, request: Request, db: DBDep) -> dict[str, int]:
         # Classic write skew: both read the group's count, both insert; SERIALIZABLE aborts one.
         seen = (
             await db.execute(select(func.count()).select_from(items).where(items.c.grp == "g"))
@@ -128,12 +136,12 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
         return {"seen": seen}
 
     @app.get("/isolation", dependencies=[Depends(isolation_level("SERIALIZABLE"))])
-    async def isolation(db: DB) -> dict[str, str]:
+    async def isolation(db: DBDep) -> dict[str, str]:
         level = (await db.execute(text("SHOW transaction_isolation"))).scalar_one()
         return {"level": str(level)}
 
     @app.post("/always-locked")
-    async def always_locked(db: DB) -> None:
+    async def always_locked(db: DBDep) -> None:
         harness.hooks.append("attempt")
         raise OperationalError("INSERT ...", {}, sqlite3.OperationalError("database is locked"))
 
@@ -142,21 +150,21 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
         return {"body": (await request.body()).decode()}
 
     @app.post("/retry-body")
-    async def retry_body(request: Request, db: DB) -> dict[str, Any]:
+    async def retry_body(request: Request, db: DBDep) -> dict[str, Any]:
         harness.hooks.append((await request.body()).decode())
         if len(harness.hooks) == 1:
             raise OperationalError("...", {}, sqlite3.OperationalError("database is locked"))
         return {"attempts": len(harness.hooks)}
 
     @app.post("/retry-request-id")
-    async def retry_request_id(uow: UoW) -> dict[str, Any]:
-        harness.hooks.append(uow.request_id)  # made on first use, in the first attempt
+    async def retry_request_id(uow: UnitOfWorkDep) -> dict[str, Any]:
+        harness.hooks.append(uow._request_id)  # type: ignore[attr-defined]  # made on first use
         if len(harness.hooks) == 1:
             raise OperationalError("...", {}, sqlite3.OperationalError("database is locked"))
         return {"attempts": len(harness.hooks)}
 
     @app.post("/failing-hook/{name}")
-    async def failing_hook(name: str, db: DB, uow: UoW) -> dict[str, str]:
+    async def failing_hook(name: str, db: DBDep, uow: UnitOfWorkDep) -> dict[str, str]:
         def explode() -> None:
             raise RuntimeError("hook failed")
 
@@ -166,7 +174,7 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
         return {"name": name}
 
     @app.post("/slow-write/{name}")
-    async def slow_write(name: str, db: DB) -> dict[str, str]:
+    async def slow_write(name: str, db: DBDep) -> dict[str, str]:
         await db.execute(insert(items).values(name=name))
         harness.hooks.append("wrote")
         harness.entered.set()
@@ -176,7 +184,7 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
         return {"name": name}
 
     @app.post("/release-after/{what}")
-    async def release_after(what: str, db: DB, uow: UoW) -> dict[str, bool]:
+    async def release_after(what: str, db: DBDep, uow: UnitOfWorkDep) -> dict[str, bool]:
         if what == "write":
             await db.execute(insert(items).values(name="written"))
         else:
@@ -187,12 +195,41 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
             return {"released": False}
         return {"released": True}
 
+    @app.post("/echo-up-to-5000", max_body_size=5000)
+    async def echo_bigger(request: Request) -> dict[str, int]:
+        return {"length": len(await request.body())}
+
+    @app.post("/stream-then-locked")
+    async def stream_then_locked(body: BodyStream) -> None:
+        harness.hooks.append(str(sum([len(chunk) async for chunk in body])))
+        raise OperationalError("...", {}, sqlite3.OperationalError("database is locked"))
+
+    @app.post("/commit-from-the-route/{name}")
+    async def commit_from_the_route(name: str, db: DBDep) -> None:
+        await db.execute(insert(items).values(name=name))
+        try:
+            await db.commit()
+        except ConfigurationError as exc:
+            harness.hooks.append(str(exc))
+            raise HTTPException(409, "refused") from exc
+
+    @app.post("/loaded-before-a-phase/{name}")
+    async def loaded_before_a_phase(name: str, uow: UnitOfWorkDep) -> dict[str, str]:
+        item = await uow.db.scalar(select(Item).where(Item.name == "taken"))
+        assert item is not None
+
+        async def reserve(db: Any) -> None:
+            await db.execute(insert(items).values(name=name))
+
+        await uow.run_phase(reserve)
+        return {"loaded": item.name, "group": item.grp}
+
     @app.get("/no-db")
     async def no_db() -> dict[str, bool]:
         return {"ok": True}
 
     @app.post("/phase-then-decline/{name}")
-    async def phase_then_decline(name: str, uow: UoW) -> None:
+    async def phase_then_decline(name: str, uow: UnitOfWorkDep) -> None:
         async def reserve(db: Any) -> None:
             await db.execute(insert(items).values(name=name))
 
@@ -324,12 +361,42 @@ async def test_a_retried_request_keeps_its_request_id(harness: Harness) -> None:
 
 
 async def test_body_over_the_limit_is_413(harness: Harness) -> None:
+    """The limit is FastAPI's own (the app's, or a route's); the middleware keeps what is read."""
     async with client_for(build_app(harness)) as client:
         response = await client.post("/echo", content=b"x" * 1001)
         small = await client.post("/echo", content=b"x" * 1000)
+        bigger = await client.post("/echo-up-to-5000", content=b"x" * 4000)
+        too_big = await client.post("/echo-up-to-5000", content=b"x" * 5001)
     assert response.status_code == 413
-    assert "larger than 1000 bytes" in response.json()["detail"]
     assert small.status_code == 200
+    assert bigger.json() == {"length": 4000}
+    assert too_big.status_code == 413
+
+
+async def test_a_streamed_body_is_not_kept_so_the_request_is_not_rerun(harness: Harness) -> None:
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/stream-then-locked", content=b"x" * 800)
+    assert response.status_code == 503
+    assert harness.hooks == ["800"]  # one attempt: the body is gone
+
+
+async def test_a_route_cannot_commit_the_requests_transaction(harness: Harness) -> None:
+    """A commit from a route would make a later error unable to undo the write."""
+    async with client_for(build_app(harness)) as client:
+        response = await client.post("/commit-from-the-route/early")
+    assert response.status_code == 409
+    assert await harness.names() == []
+    assert "Don't call commit()" in harness.hooks[0]
+
+
+async def test_objects_loaded_before_a_phase_stay_loaded(harness: Harness) -> None:
+    """A phase ends the request's read-only transaction first; what it loaded stays usable."""
+    async with client_for(build_app(harness)) as client:
+        assert (await client.post("/items/taken")).status_code == 200
+        response = await client.post("/loaded-before-a-phase/reserved")
+    assert response.status_code == 200, response.text
+    assert response.json() == {"loaded": "taken", "group": "a"}
+    assert await harness.names() == ["taken", "reserved"]
 
 
 async def test_request_without_database_work_takes_no_connection(harness: Harness) -> None:

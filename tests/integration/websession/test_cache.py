@@ -12,25 +12,27 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import MetaData, text
+from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from fastapi_atomic import atomic
 from fastapi_atomic.testing import (
     WebSessionStoreContract,
     make_record,
     new_key,
-    unit_of_work,
+    run_in_unit_of_work,
 )
 from fastapi_atomic.websession import RedisStore, SqlStore, web_sessions_table
-from fastapi_atomic.websession.cache import notify_channel
 from fastapi_atomic.websession.record import Changes, SessionRecord
 from fastapi_atomic.websession.stores.base import WebSessionStore
-from shop.db.models import web_sessions
+from fastapi_atomic.websession.stores.sql_trigger import notify_channel
 
 
 @pytest.fixture
-async def sql_stores(postgres_engine: AsyncEngine) -> AsyncIterator[list[SqlStore]]:
-    stores = [SqlStore(web_sessions, cache=True) for _ in range(2)]
+async def sql_stores(
+    postgres_engine: AsyncEngine, sessions_table: Table
+) -> AsyncIterator[list[SqlStore]]:
+    stores = [SqlStore(sessions_table, cache=True) for _ in range(2)]
     for store in stores:
         await store.start(postgres_engine)
     yield stores
@@ -40,7 +42,15 @@ async def sql_stores(postgres_engine: AsyncEngine) -> AsyncIterator[list[SqlStor
 
 @pytest.fixture
 async def redis_stores(redis_url: str, redis_prefix: str) -> AsyncIterator[list[RedisStore]]:
-    stores = [RedisStore(Redis.from_url(redis_url), prefix=redis_prefix, cache=True) for _ in "ab"]
+    # Named, so that a test can find its own connections among the server's clients.
+    stores = [
+        RedisStore(
+            Redis.from_url(redis_url, client_name=redis_client_name(redis_prefix)),
+            prefix=redis_prefix,
+            cache=True,
+        )
+        for _ in "ab"
+    ]
     for store in stores:
         await store.start()
     yield stores
@@ -49,6 +59,10 @@ async def redis_stores(redis_url: str, redis_prefix: str) -> AsyncIterator[list[
         await stores[0].redis.delete(*keys)
     for store in stores:
         await store.aclose()
+
+
+def redis_client_name(prefix: str) -> str:
+    return "test-" + prefix.replace(":", "-").strip("-")
 
 
 class TestCachedSqlStoreOnPostgres(WebSessionStoreContract):
@@ -66,10 +80,6 @@ class TestCachedRedisStore(WebSessionStoreContract):
     def store(self, redis_stores: list[RedisStore]) -> RedisStore:
         return redis_stores[0]
 
-    @pytest.fixture
-    def engine(self, sqlite_engine: AsyncEngine) -> AsyncEngine:
-        return sqlite_engine
-
 
 @pytest.fixture(params=["sql on postgres", "redis"])
 def two_processes(
@@ -81,7 +91,7 @@ def two_processes(
 
 
 async def load(store: WebSessionStore, engine: AsyncEngine, key: str) -> SessionRecord | None:
-    async with unit_of_work(engine) as uow:
+    async with atomic(engine) as uow:
         return await store.load(key, uow)
 
 
@@ -97,7 +107,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) 
 async def stored(store: WebSessionStore, engine: AsyncEngine, record: SessionRecord) -> str:
     """A new session holding ``record``, created through ``store``; its key."""
     key = new_key()
-    async with unit_of_work(engine) as uow:
+    async with atomic(engine) as uow:
         await store.create(key, record, uow)
     return key
 
@@ -127,7 +137,7 @@ async def test_a_write_in_one_process_evicts_the_record_in_the_other(
     key = await cached_in_reader(writer, reader, engine, make_record("5", step=1))
     assert reader.cache.hits >= 1  # type: ignore[attr-defined]
 
-    async with unit_of_work(engine) as uow:
+    async with atomic(engine) as uow:
         await writer.update(key, Changes([("set", "step", 2)]), uow)
 
     async def sees_step_2() -> bool:
@@ -143,7 +153,7 @@ async def test_a_logout_in_one_process_ends_the_session_in_the_other(
     (writer, reader), engine = two_processes
     key = await cached_in_reader(writer, reader, engine, make_record("6"))
 
-    async with unit_of_work(engine) as uow:
+    async with atomic(engine) as uow:
         await writer.delete(key, uow)
 
     async def gone() -> bool:
@@ -157,8 +167,9 @@ async def test_a_rolled_back_write_is_never_served(
 ) -> None:
     (writer, reader), engine = two_processes
     key = await cached_in_reader(writer, reader, engine, make_record("7", a=1))
-    async with unit_of_work(engine, commit=False) as uow:
-        await writer.update(key, Changes([("set", "a", 2)]), uow)
+    await run_in_unit_of_work(
+        engine, lambda uow: writer.update(key, Changes([("set", "a", 2)]), uow), commit=False
+    )
     await asyncio.sleep(0.05)  # whatever message there was has arrived
     for store in (writer, reader):
         record = await load(store, engine, key)
@@ -168,7 +179,9 @@ async def test_a_rolled_back_write_is_never_served(
 async def test_a_dropped_feed_empties_the_cache_until_it_is_back(
     two_processes: tuple[list[WebSessionStore], AsyncEngine],
     redis_url: str,
+    redis_prefix: str,
 ) -> None:
+    """Only this test's own feeds are cut: its LISTEN connections, its Redis clients."""
     (store, _), engine = two_processes
     cache = store.cache  # type: ignore[attr-defined]
     key = await stored(store, engine, make_record("8"))
@@ -180,13 +193,19 @@ async def test_a_dropped_feed_empties_the_cache_until_it_is_back(
             killed = await connection.scalar(
                 text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
-                )
+                    "WHERE datname = current_database() AND query = :listen"
+                ),
+                {"listen": f'LISTEN "{notify_channel(store.table)}"'},
             )
         assert killed >= 1
     else:
         admin = Redis.from_url(redis_url)
-        await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        ours = redis_client_name(redis_prefix)
+        clients = await admin.client_list(_type="pubsub")
+        mine = [client["id"] for client in clients if client.get("name") == ours]
+        assert mine
+        for client_id in mine:
+            await admin.client_kill_filter(_id=client_id)
         await admin.aclose()
 
     async def dark() -> bool:
@@ -221,7 +240,11 @@ async def test_without_the_trigger_the_sql_cache_stays_off(postgres_engine: Asyn
 
 @pytest.mark.parametrize("store_kind", ["sql on postgres", "redis"])
 async def test_the_feed_stops_at_shut_down_even_in_the_middle_of_a_heartbeat(
-    store_kind: str, postgres_engine: AsyncEngine, redis_url: str, redis_prefix: str
+    store_kind: str,
+    postgres_engine: AsyncEngine,
+    redis_url: str,
+    redis_prefix: str,
+    sessions_table: Table,
 ) -> None:
     # With a heartbeat of a millisecond, the cancellation lands on a heartbeat's timeout most
     # of the time: where that swallowed it, shut-down waited forever on the feed.
@@ -230,7 +253,7 @@ async def test_the_feed_stops_at_shut_down_even_in_the_middle_of_a_heartbeat(
         if store_kind == "redis":
             store = RedisStore(Redis.from_url(redis_url), prefix=redis_prefix, cache=True)
         else:
-            store = SqlStore(web_sessions, cache=True)
+            store = SqlStore(sessions_table, cache=True)
         await store.start(postgres_engine)
         feed = store._feed
         assert feed is not None and feed._task is not None
@@ -249,7 +272,7 @@ async def test_the_writer_serves_what_it_committed_from_memory(
     (writer, _), engine = two_processes
     cache = writer.cache  # type: ignore[attr-defined]
     key = await stored(writer, engine, make_record("9", step=1))
-    async with unit_of_work(engine) as uow:
+    async with atomic(engine) as uow:
         current = await writer.load(key, uow)
         assert current is not None
         await writer.update(key, Changes([("set", "step", 2)]), uow, current=current)
@@ -268,7 +291,7 @@ async def test_writes_alternating_between_processes_are_each_seen_by_the_other(
     key = await cached_in_reader(stores[0], stores[1], engine, make_record("10", n=0))
     for n in range(1, 9):
         writer, reader = stores[n % 2], stores[(n + 1) % 2]
-        async with unit_of_work(engine) as uow:
+        async with atomic(engine) as uow:
             assert await writer.update(key, Changes([("set", "n", n)]), uow) is not None
 
         async def sees_n(reader: WebSessionStore = reader, n: int = n) -> bool:
@@ -285,8 +308,9 @@ async def test_a_write_rolled_back_after_it_was_written_is_not_cached_by_the_wri
 ) -> None:
     (writer, _), engine = two_processes
     key = await stored(writer, engine, make_record("11", a=1))
-    async with unit_of_work(engine, commit=False) as uow:
-        await writer.update(key, Changes([("set", "a", 2)]), uow)
+    await run_in_unit_of_work(
+        engine, lambda uow: writer.update(key, Changes([("set", "a", 2)]), uow), commit=False
+    )
     await asyncio.sleep(0.05)
     for _ in range(2):
         record = await load(writer, engine, key)
@@ -300,38 +324,42 @@ async def test_the_writer_stops_serving_a_session_it_deleted_at_once(
     (writer, _), engine = two_processes
     key = await stored(writer, engine, make_record("12"))
     assert await load(writer, engine, key) is not None
-    async with unit_of_work(engine) as uow:
+    async with atomic(engine) as uow:
         await writer.delete(key, uow)
     assert await load(writer, engine, key) is None
 
 
-async def test_the_trigger_says_which_version_a_change_made(postgres_engine: AsyncEngine) -> None:
+async def test_the_trigger_says_which_version_a_change_made(
+    postgres_engine: AsyncEngine, sessions_table: Table
+) -> None:
     """The payloads the SQL store's feed reads: "<key> <version>", "<key> -", the bare key."""
-    store = SqlStore(web_sessions)
+    store = SqlStore(sessions_table)
     url = postgres_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     import asyncpg  # type: ignore[import-untyped]
 
     listener = await asyncpg.connect(url)
     received: asyncio.Queue[str] = asyncio.Queue()
     await listener.add_listener(
-        notify_channel(web_sessions), lambda _c, _p, _ch, payload: received.put_nowait(payload)
+        notify_channel(sessions_table), lambda _c, _p, _ch, payload: received.put_nowait(payload)
     )
     try:
         key = new_key()
-        async with unit_of_work(postgres_engine) as uow:
+        async with atomic(postgres_engine) as uow:
             await store.create(key, make_record("13"), uow)
             await store.update(key, Changes([("set", "a", 1)]), uow)
         assert await asyncio.wait_for(received.get(), 5) == f"{key} 2"
         async with postgres_engine.begin() as connection:  # by hand, the version left alone
             await connection.execute(
-                text("UPDATE web_sessions SET expires_at = 0 WHERE key = :key"), {"key": key}
+                text(f"UPDATE {sessions_table.name} SET expires_at = 0 WHERE key = :key"),
+                {"key": key},
             )
         assert await asyncio.wait_for(received.get(), 5) == key
-        async with unit_of_work(postgres_engine) as uow:
+        async with atomic(postgres_engine) as uow:
             await store.delete(key, uow)
         assert await asyncio.wait_for(received.get(), 5) == f"{key} -"
-        async with unit_of_work(postgres_engine, commit=False) as uow:
-            await store.create(key, make_record("13"), uow)
+        await run_in_unit_of_work(
+            postgres_engine, lambda uow: store.create(key, make_record("13"), uow), commit=False
+        )
         await asyncio.sleep(0.05)
         assert received.empty(), "an insert that rolled back said something"
     finally:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 from redis.asyncio import Redis
+from session_tables import SESSIONS, drop_table, with_table
 from websession_model import WebSessionMachine
 
 from fastapi_atomic import create_engine
 from fastapi_atomic.websession import RedisStore, SqlStore
-from shop.db.models import web_sessions
 
 SETTINGS = settings(
     max_examples=25,
@@ -23,14 +25,28 @@ SETTINGS = settings(
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])
-def test_sql_store_against_the_model(request: pytest.FixtureRequest, database: str) -> None:
-    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_database")
+def test_sql_store_against_the_model(
+    request: pytest.FixtureRequest, database: str, tmp_path: Path
+) -> None:
+    if database == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'model.db'}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+
+    async def make_table(drop: bool = False) -> None:
+        engine = create_engine(url)
+        await (drop_table(engine) if drop else with_table(engine))
+        await engine.dispose()
 
     class SqlMachine(WebSessionMachine):
-        make_store = staticmethod(lambda: SqlStore(web_sessions))
+        make_store = staticmethod(lambda: SqlStore(SESSIONS))
         make_engine = staticmethod(lambda: create_engine(url))
 
-    run_state_machine_as_test(SqlMachine, settings=SETTINGS)
+    asyncio.run(make_table())
+    try:
+        run_state_machine_as_test(SqlMachine, settings=SETTINGS)
+    finally:
+        asyncio.run(make_table(drop=True))
 
 
 def test_redis_store_against_the_model(redis_url: str) -> None:

@@ -24,7 +24,7 @@ async def test_regenerating_does_not_restart_the_absolute_clock() -> None:
     )
     engine = create_engine("sqlite+aiosqlite://")
     app = FastAPI()
-    app.add_middleware(AtomicMiddleware, engine=engine, participants=[manager])
+    app.add_middleware(AtomicMiddleware, engine=engine, websessions=manager)
 
     @app.post("/write")
     async def write(websession: WebSessionDep) -> None:

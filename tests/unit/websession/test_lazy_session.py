@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 from fastapi import FastAPI
 
-from fastapi_atomic import AtomicMiddleware, create_engine
-from fastapi_atomic.unit_of_work import UnitOfWork
+from fastapi_atomic import AtomicMiddleware, UnitOfWork, create_engine
 from fastapi_atomic.websession import KeyRing, MemoryStore, WebSessionDep, WebSessionManager
 from fastapi_atomic.websession.record import SessionRecord
 from fastapi_atomic.websession.signing import new_session_id
@@ -32,9 +31,7 @@ async def test_only_routes_that_ask_for_the_session_read_it() -> None:
     store, keys = CountingStore(), CountingKeyRing(["k" * 32])
     engine = create_engine("sqlite+aiosqlite://")
     app = FastAPI()
-    app.add_middleware(
-        AtomicMiddleware, engine=engine, participants=[WebSessionManager(store, keys)]
-    )
+    app.add_middleware(AtomicMiddleware, engine=engine, websessions=WebSessionManager(store, keys))
 
     @app.get("/plain")
     async def plain() -> dict[str, bool]:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
+from fastapi_atomic.testing import FakeUnitOfWork
 from fastapi_atomic.websession import RecordCache
 from fastapi_atomic.websession.record import SessionRecord
 
@@ -146,49 +146,37 @@ def test_making_room_refuses_fills_in_flight(cache: RecordCache) -> None:
     assert cache.get("e") is None
 
 
-class FakeUnitOfWork:
-    """Just the hooks keep_on_commit and drop_on_commit use."""
-
-    def __init__(self) -> None:
-        self.hooks: list[Callable[[], None]] = []
-
-    def right_after_commit(self, hook: Callable[[], None]) -> None:
-        self.hooks.append(hook)
-
-    def commit(self) -> None:
-        for hook in self.hooks:
-            hook()
-
-
-def test_what_a_request_wrote_is_cached_once_it_commits(cache: RecordCache) -> None:
+async def test_what_a_request_wrote_is_cached_once_it_commits(cache: RecordCache) -> None:
     uow = FakeUnitOfWork()
-    cache.keep_on_commit(uow, "k", replace(RECORD, version=4))  # type: ignore[arg-type]
+    cache.keep_on_commit(uow, "k", replace(RECORD, version=4))
     assert cache.get("k") is None  # not before the COMMIT: it might roll back
-    uow.commit()
+    await uow.commit()
     frozen = cache.get("k")
     assert frozen is not None
     assert SessionRecord(**pickle.loads(frozen)) == replace(RECORD, version=4)
 
 
-def test_a_write_overtaken_before_its_commit_returned_is_not_cached(cache: RecordCache) -> None:
+async def test_a_write_overtaken_before_its_commit_returned_is_not_cached(
+    cache: RecordCache,
+) -> None:
     uow = FakeUnitOfWork()
-    cache.keep_on_commit(uow, "k", replace(RECORD, version=4))  # type: ignore[arg-type]
+    cache.keep_on_commit(uow, "k", replace(RECORD, version=4))
     cache.on_message("k 5")  # another process wrote version 5 right after ours committed
-    uow.commit()
+    await uow.commit()
     assert cache.get("k") is None
 
 
 def test_a_write_that_never_commits_is_never_cached(cache: RecordCache) -> None:
-    cache.keep_on_commit(FakeUnitOfWork(), "k", RECORD)  # type: ignore[arg-type]
+    cache.keep_on_commit(FakeUnitOfWork(), "k", RECORD)
     assert cache.get("k") is None and len(cache) == 0
 
 
-def test_a_deletion_stops_the_cache_serving_once_it_commits(cache: RecordCache) -> None:
+async def test_a_deletion_stops_the_cache_serving_once_it_commits(cache: RecordCache) -> None:
     cache.fill("k", b"v1", 1, cache.epoch)
     uow = FakeUnitOfWork()
-    cache.drop_on_commit(uow, "k")  # type: ignore[arg-type]
+    cache.drop_on_commit(uow, "k")
     assert cache.get("k") == b"v1"  # still the committed truth until the COMMIT
-    uow.commit()
+    await uow.commit()
     assert cache.get("k") is None
     cache.fill("k", b"v1", 1, cache.epoch)
     assert cache.get("k") is None
@@ -210,9 +198,9 @@ class Store:
     def __init__(self) -> None:
         self.reads = 0
 
-    async def read(self) -> str:
+    async def read(self) -> SessionRecord:
         self.reads += 1
-        return RECORD.to_json()
+        return SessionRecord.from_json(RECORD.to_json())
 
 
 async def test_read_record_reads_once_then_serves_from_memory(cache: RecordCache) -> None:

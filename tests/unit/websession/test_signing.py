@@ -53,14 +53,3 @@ def test_malformed_cookies_are_rejected(cookie: str) -> None:
 def test_an_empty_key_ring_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         KeyRing([])
-
-
-def test_remembered_cookies_stay_bounded_and_junk_is_never_remembered() -> None:
-    ring = KeyRing(["current"], remember=2)
-    cookies = [ring.sign(new_session_id()) for _ in range(3)]
-    for cookie in cookies:
-        assert ring.unsign(cookie) is not None
-        assert ring.unsign(cookie[:-1] + ("A" if cookie[-1] != "A" else "B")) is None
-    assert len(ring._verified) == 2
-    assert cookies[0] not in ring._verified  # the oldest made room
-    assert ring.unsign(cookies[0]) == (cookies[0].split(".")[0], False)

@@ -1,4 +1,4 @@
-"""Web-session stores: one protocol, one file per store, one shared contract test suite."""
+"""Web-session stores: one base class, one file per store, one shared contract test suite."""
 
 from .base import WebSessionStore
 from .memory import MemoryStore

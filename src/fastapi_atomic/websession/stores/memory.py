@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from ...unit_of_work import UnitOfWork
-from ..record import Changes, SessionRecord, apply_changes
-from .base import StoreTimeouts
+from ..record import SessionRecord
+from .base import WebSessionStore
 
 
-class MemoryStore(StoreTimeouts):
+class MemoryStore(WebSessionStore):
     def __init__(self) -> None:
-        self._records: dict[str, SessionRecord] = {}
         super().__init__()
+        self._records: dict[str, SessionRecord] = {}
 
-    async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
+    async def read(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         record = self._records.get(key)
         return _isolated(record) if record is not None else None
 
@@ -20,21 +20,15 @@ class MemoryStore(StoreTimeouts):
         self._records[key] = _isolated(record)
         uow.on_rollback(lambda: self._restore(key, record.version, None))
 
-    async def update(
-        self,
-        key: str,
-        changes: Changes,
-        uow: UnitOfWork,
-        *,
-        current: SessionRecord | None = None,
-    ) -> SessionRecord | None:
-        current = self._records.get(key)  # always the newest: no compare-and-set needed
-        if current is None:
-            return None
-        updated = apply_changes(current, changes)
-        self._records[key] = updated
-        uow.on_rollback(lambda: self._restore(key, updated.version, current))
-        return _isolated(updated)
+    async def compare_and_set(
+        self, key: str, expected: SessionRecord, new: SessionRecord, uow: UnitOfWork
+    ) -> bool:
+        previous = self._records.get(key)
+        if previous is None or previous.version != expected.version:
+            return False
+        self._records[key] = _isolated(new)
+        uow.on_rollback(lambda: self._restore(key, new.version, previous))
+        return True
 
     async def delete(self, key: str, uow: UnitOfWork) -> None:
         old = self._records.pop(key, None)
@@ -44,20 +38,11 @@ class MemoryStore(StoreTimeouts):
     async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
         return [(k, _isolated(r)) for k, r in self._records.items() if r.user_id == user_id]
 
-    async def delete_for_user(self, user_id: str, uow: UnitOfWork, *, keep: str | None) -> int:
-        doomed = [k for k, r in self._records.items() if r.user_id == user_id and k != keep]
-        for key in doomed:
-            await self.delete(key, uow)
-        return len(doomed)
-
-    async def ping(self) -> None:
-        return None
-
-    async def purge_expired(self, now: float | None = None) -> int:
-        moment = self.clock() if now is None else now
-        dead = [key for key, record in self._records.items() if self.expires_at(record) <= moment]
+    async def purge_expired(self, uow: UnitOfWork) -> int:
+        now = self.clock()
+        dead = [key for key, record in self._records.items() if self.expires_at(record) <= now]
         for key in dead:
-            del self._records[key]
+            await self.delete(key, uow)
         return len(dead)
 
     def _restore(

@@ -16,12 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...exceptions import ServiceUnavailable
 from ...unit_of_work import UnitOfWork
-from ..cache import DELETED, RecordCache, RedisFeed, message
-from ..record import Changes, SessionRecord, apply_changes
-from .base import StoreTimeouts
+from ..cache import DELETED, RecordCache, message
+from ..feeds import RedisFeed
+from ..record import SessionRecord
+from .base import WebSessionStore
 
 T = TypeVar("T")
-_CAS_ATTEMPTS = 20
 
 # KEYS[1] the record; ARGV: expected version ("" = must not exist), new JSON, TTL ms,
 # the channel to PUBLISH the change on ("" = none) and the message (see cache.message)
@@ -43,19 +43,19 @@ return 1
 """
 
 
-class RedisStore(StoreTimeouts):
+class RedisStore(WebSessionStore):
     """``cache=True`` answers reads from memory, every write PUBLISHing its key to evict it
     in every process (see :mod:`..cache`)."""
 
     def __init__(
         self, redis: Redis, *, prefix: str = "websession:", cache: bool | RecordCache = False
     ) -> None:
+        super().__init__()
         self.redis = redis
         self.prefix = prefix
         self.channel = f"{prefix}changed"
         self.cache = RecordCache.from_option(cache)
         self._feed = RedisFeed(self.cache, redis, self.channel) if self.cache is not None else None
-        super().__init__()
         self._cas = redis.register_script(_CAS)
 
     @classmethod
@@ -65,13 +65,76 @@ class RedisStore(StoreTimeouts):
         client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         return cls(client, prefix=prefix, cache=cache)
 
+    # --- the store contract --------------------------------------------------------------
+
+    async def read(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
+        raw = await self._call(lambda: self.redis.get(self._key(key)))
+        return SessionRecord.from_json(raw) if raw is not None else None
+
+    async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
+        if await self._swap(key, None, record) != 1:
+            raise RuntimeError("a fresh session id was already in use")
+        if record.user_id is not None:
+            await self._index(record.user_id, key)
+        self.cache_on_commit(uow, key, record)
+        uow.on_rollback(self._undoer(key, record, None))
+
+    async def compare_and_set(
+        self, key: str, expected: SessionRecord, new: SessionRecord, uow: UnitOfWork
+    ) -> bool:
+        if await self._swap(key, expected, new) != 1:
+            return False
+        uow.on_rollback(self._undoer(key, new, expected))
+        return True
+
+    async def delete(self, key: str, uow: UnitOfWork) -> None:
+        old = await self.read(key, uow)
+        if old is None:
+            return
+        await self._call(lambda: self._delete(key))
+        self.uncache_on_commit(uow, key)
+        if old.user_id is not None:
+            user_id = old.user_id
+            await self._call(lambda: self.redis.srem(self._user_key(user_id), key))
+        uow.on_rollback(lambda: self._restore(key, old))
+
+    async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
+        user_key = self._user_key(user_id)
+        members = sorted(
+            m.decode() if isinstance(m, bytes) else str(m)
+            for m in await self._call(lambda: self.redis.smembers(user_key))
+        )
+        if not members:
+            return []
+        raws = await self._call(lambda: self.redis.mget([self._key(k) for k in members]))
+        found: list[tuple[str, SessionRecord]] = []
+        dead: list[str] = []
+        for key, raw in zip(members, raws, strict=True):
+            if raw is None:
+                dead.append(key)
+            else:
+                found.append((key, SessionRecord.from_json(raw)))
+        if dead:
+            await self._call(lambda: self.redis.srem(user_key, *dead))
+        return found
+
+    async def purge_expired(self, uow: UnitOfWork) -> int:
+        """Nothing to do: every record carries a TTL, and Redis drops it when it runs out."""
+        return 0
+
+    async def ping(self) -> None:
+        await self._call(lambda: self.redis.ping())
+
     async def start(self, engine: AsyncEngine | None = None) -> None:
         if self._feed is not None:
             await self._feed.start()
 
-    def _keep(self, uow: UnitOfWork, key: str, record: SessionRecord) -> None:
-        if self.cache is not None:
-            self.cache.keep_on_commit(uow, key, record)
+    async def aclose(self) -> None:
+        if self._feed is not None:
+            await self._feed.aclose()
+        await self.redis.aclose()
+
+    # --- Redis ---------------------------------------------------------------------------
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}s:{key}"
@@ -88,14 +151,6 @@ class RedisStore(StoreTimeouts):
             return await operation()
         except (redis_errors.ConnectionError, redis_errors.TimeoutError) as exc:
             raise ServiceUnavailable("The session store is unavailable; try again.") from exc
-
-    async def _read(self, key: str) -> str | bytes | None:
-        raw: str | bytes | None = await self._call(lambda: self.redis.get(self._key(key)))
-        return raw
-
-    async def _get(self, key: str) -> SessionRecord | None:
-        raw = await self._read(key)
-        return SessionRecord.from_json(raw) if raw is not None else None
 
     async def _swap(
         self,
@@ -117,43 +172,6 @@ class RedisStore(StoreTimeouts):
         )
         return int(result)
 
-    async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
-        if self.cache is None:
-            return await self._get(key)
-        return await self.cache.read_record(key, lambda: self._read(key))
-
-    async def create(self, key: str, record: SessionRecord, uow: UnitOfWork) -> None:
-        if await self._swap(key, None, record) != 1:
-            raise RuntimeError("a fresh session id was already in use")
-        if record.user_id is not None:
-            await self._index(record.user_id, key)
-        self._keep(uow, key, record)
-        uow.on_rollback(self._undoer(key, record, None))
-
-    async def update(
-        self,
-        key: str,
-        changes: Changes,
-        uow: UnitOfWork,
-        *,
-        current: SessionRecord | None = None,
-    ) -> SessionRecord | None:
-        for _ in range(_CAS_ATTEMPTS):
-            if current is None:
-                current = await self._get(key)
-                if current is None:
-                    return None
-            updated = apply_changes(current, changes)
-            outcome = await self._swap(key, current, updated)
-            if outcome == -1:
-                return None
-            if outcome == 1:
-                self._keep(uow, key, updated)
-                uow.on_rollback(self._undoer(key, updated, current))
-                return updated
-            current = None  # changed since it was read: read it again
-        raise RuntimeError(f"web session kept changing under {_CAS_ATTEMPTS} attempts to save it")
-
     def _undoer(
         self, key: str, written: SessionRecord, previous: SessionRecord | None
     ) -> Callable[[], Awaitable[None]]:
@@ -161,18 +179,6 @@ class RedisStore(StoreTimeouts):
             await self._swap(key, written, previous, forward=False)
 
         return undo
-
-    async def delete(self, key: str, uow: UnitOfWork) -> None:
-        old = await self._get(key)
-        if old is None:
-            return
-        await self._call(lambda: self._delete(key))
-        if self.cache is not None:
-            self.cache.drop_on_commit(uow, key)
-        if old.user_id is not None:
-            user_id = old.user_id
-            await self._call(lambda: self.redis.srem(self._user_key(user_id), key))
-        uow.on_rollback(lambda: self._restore(key, old))
 
     async def _delete(self, key: str) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -195,37 +201,3 @@ class RedisStore(StoreTimeouts):
                 await pipe.execute()
 
         await self._call(add)
-
-    async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
-        user_key = self._user_key(user_id)
-        members = sorted(
-            m.decode() if isinstance(m, bytes) else str(m)
-            for m in await self._call(lambda: self.redis.smembers(user_key))
-        )
-        if not members:
-            return []
-        raws = await self._call(lambda: self.redis.mget([self._key(k) for k in members]))
-        found: list[tuple[str, SessionRecord]] = []
-        dead: list[str] = []
-        for key, raw in zip(members, raws, strict=True):
-            if raw is None:
-                dead.append(key)
-            else:
-                found.append((key, SessionRecord.from_json(raw)))
-        if dead:
-            await self._call(lambda: self.redis.srem(user_key, *dead))
-        return found
-
-    async def delete_for_user(self, user_id: str, uow: UnitOfWork, *, keep: str | None) -> int:
-        doomed = [key for key, _ in await self.list_for_user(user_id, uow) if key != keep]
-        for key in doomed:
-            await self.delete(key, uow)
-        return len(doomed)
-
-    async def ping(self) -> None:
-        await self._call(lambda: self.redis.ping())
-
-    async def aclose(self) -> None:
-        if self._feed is not None:
-            await self._feed.aclose()
-        await self.redis.aclose()

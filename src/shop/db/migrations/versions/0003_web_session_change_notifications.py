@@ -1,5 +1,7 @@
 """web session change notifications (PostgreSQL): the feed of the session read cache
 
+Every UPDATE or DELETE of a web session NOTIFYs its key when its transaction commits.
+
 Revision ID: 0003
 Revises: 0002
 Create Date: 2026-11-25 11:40:00
@@ -8,10 +10,6 @@ Create Date: 2026-11-25 11:40:00
 from collections.abc import Sequence
 
 from alembic import op
-
-from fastapi_atomic.websession import postgres_notify_trigger
-from fastapi_atomic.websession.cache import trigger_name
-from shop.db.models import web_sessions
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -22,13 +20,28 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return  # SQLite has no LISTEN/NOTIFY: its web sessions are read from the file
-    for statement in postgres_notify_trigger(web_sessions):
-        op.execute(statement)
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION web_sessions_notify_change() RETURNS trigger AS $$
+        BEGIN
+            PERFORM pg_notify('web_sessions_changed', OLD.key);
+            RETURN NULL;
+        END;
+        $$ LANGUAGE plpgsql
+        """
+    )
+    op.execute("DROP TRIGGER IF EXISTS web_sessions_notify_change ON web_sessions")
+    op.execute(
+        """
+        CREATE TRIGGER web_sessions_notify_change
+        AFTER UPDATE OR DELETE ON web_sessions
+        FOR EACH ROW EXECUTE FUNCTION web_sessions_notify_change()
+        """
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    name = trigger_name(web_sessions)
-    op.execute(f"DROP TRIGGER IF EXISTS {name} ON {web_sessions.name}")
-    op.execute(f"DROP FUNCTION IF EXISTS {name}()")
+    op.execute("DROP TRIGGER IF EXISTS web_sessions_notify_change ON web_sessions")
+    op.execute("DROP FUNCTION IF EXISTS web_sessions_notify_change()")

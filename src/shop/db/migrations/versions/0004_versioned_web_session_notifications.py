@@ -15,10 +15,6 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from fastapi_atomic.websession import postgres_notify_trigger
-from fastapi_atomic.websession.cache import notify_channel, trigger_name
-from shop.db.models import web_sessions
-
 revision: str = "0004"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
@@ -28,19 +24,34 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return  # SQLite has no LISTEN/NOTIFY: its web sessions are read from the file
-    for statement in postgres_notify_trigger(web_sessions):
-        op.execute(statement)
+    # The trigger created by 0003 calls this function: replacing it is enough.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION web_sessions_notify_change() RETURNS trigger AS $$
+        BEGIN
+            IF TG_OP = 'DELETE' THEN
+                PERFORM pg_notify('web_sessions_changed', OLD.key || ' -');
+            ELSIF NEW.key = OLD.key AND NEW.version > OLD.version THEN
+                PERFORM pg_notify('web_sessions_changed', NEW.key || ' ' || NEW.version);
+            ELSE
+                PERFORM pg_notify('web_sessions_changed', OLD.key);
+                PERFORM pg_notify('web_sessions_changed', NEW.key);
+            END IF;
+            RETURN NULL;
+        END;
+        $$ LANGUAGE plpgsql
+        """
+    )
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    name, channel = trigger_name(web_sessions), notify_channel(web_sessions)
     op.execute(
-        f"""
-        CREATE OR REPLACE FUNCTION {name}() RETURNS trigger AS $$
+        """
+        CREATE OR REPLACE FUNCTION web_sessions_notify_change() RETURNS trigger AS $$
         BEGIN
-            PERFORM pg_notify('{channel}', OLD.key);
+            PERFORM pg_notify('web_sessions_changed', OLD.key);
             RETURN NULL;
         END;
         $$ LANGUAGE plpgsql

@@ -1,0 +1,155 @@
+"""The invalidation feeds of :class:`.cache.RecordCache`: LISTEN on PostgreSQL, SUBSCRIBE on Redis.
+
+Each runs in the background, reconnecting, and tells its cache what changed; while it is down
+the cache is dark (serves nothing). See :mod:`.cache` for the rules the messages follow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .cache import RecordCache
+
+logger = logging.getLogger("fastapi_atomic.websession")
+
+
+class InvalidationFeed:
+    """Runs a subscription in the background, reconnecting, and evicts what it is told."""
+
+    heartbeat = 5.0
+    reconnect_delay = 1.0
+
+    def __init__(self, cache: RecordCache) -> None:
+        self.cache = cache
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    async def start(self, wait: float = 1.0) -> None:
+        """Start listening; wait up to ``wait`` seconds for the first subscription.
+
+        Never longer: an app whose Redis is down must still start (and answer 503 where it
+        needs the session); its cache stays dark until the feed connects.
+        """
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"{type(self).__name__}")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await self._connected.wait()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            done, _ = await asyncio.wait({self._task}, timeout=2.0)
+            if not done:
+                logger.warning("web-session cache feed did not stop within 2 s; left behind")
+            self._task = None
+        self.cache.go_dark()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with self._subscribe() as messages:
+                    self.cache.go_dark()  # anything cached before this subscription is suspect
+                    self.cache.live = True
+                    self._connected.set()
+                    async for change in messages:
+                        self.cache.on_message(change)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("web-session cache feed lost (%s); reading the store meanwhile", exc)
+            finally:
+                self.cache.go_dark()
+            await asyncio.sleep(self.reconnect_delay)
+
+    def _subscribe(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
+        raise NotImplementedError
+
+
+class PostgresFeed(InvalidationFeed):
+    """LISTEN on its own asyncpg connection (outside the app's pool) for the trigger's NOTIFYs."""
+
+    def __init__(self, cache: RecordCache, engine: AsyncEngine, channel: str) -> None:
+        super().__init__(cache)
+        self.channel = channel
+        url = engine.url.set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
+        import asyncpg  # type: ignore[import-untyped]  # PostgreSQL only, where it is the driver
+
+        raw = await asyncpg.connect(self._dsn, timeout=self.heartbeat)
+        try:
+            queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+            def on_notify(_connection: Any, _pid: int, _channel: str, change: str) -> None:
+                queue.put_nowait(change)
+
+            raw.add_termination_listener(lambda _connection: queue.put_nowait(None))
+            await raw.add_listener(self.channel, on_notify)
+            yield self._messages(raw, queue)
+        finally:
+            # No await here: a cancelled feed (app shut-down) must not wait on a connection
+            # that may be in the middle of a heartbeat. Closing it ends the LISTEN.
+            raw.terminate()
+
+    async def _messages(self, raw: Any, queue: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+        while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can turn the task's own
+            # cancellation (app shut-down) into a TimeoutError, and the feed would run on.
+            try:
+                async with asyncio.timeout(self.heartbeat):
+                    change = await queue.get()
+            except TimeoutError:
+                # A half-open connection delivers nothing and says nothing: ask.
+                async with asyncio.timeout(self.heartbeat):
+                    await raw.fetchval("SELECT 1")
+                continue
+            if change is None:
+                raise ConnectionError("the LISTEN connection was closed")
+            yield change
+
+
+class RedisFeed(InvalidationFeed):
+    """SUBSCRIBE to the channel the Redis store's scripts PUBLISH changed keys on."""
+
+    def __init__(self, cache: RecordCache, redis: Any, channel: str) -> None:
+        super().__init__(cache)
+        self.channel = channel
+        self._redis = redis
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self.channel)
+            while (message := await pubsub.get_message(timeout=self.heartbeat)) is None:
+                pass
+            if message["type"] != "subscribe":
+                raise ConnectionError(f"unexpected first message {message['type']!r}")
+            yield self._messages(pubsub)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def _messages(self, pubsub: Any) -> AsyncIterator[str]:
+        idle_since = time.monotonic()
+        while True:
+            message = await pubsub.get_message(timeout=1.0)
+            if message is None:
+                if time.monotonic() - idle_since > self.heartbeat:
+                    await pubsub.ping()  # raises if the connection is gone
+                    idle_since = time.monotonic()
+                continue
+            idle_since = time.monotonic()
+            if message["type"] == "message":
+                data = message["data"]
+                yield data.decode() if isinstance(data, bytes) else str(data)
