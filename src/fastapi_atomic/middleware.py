@@ -162,7 +162,8 @@ class AtomicMiddleware:
                 await _send_json(send, 503, detail)
                 return
             await uow._close()
-            await uow._run_after_commit_hooks()
+            if uow._after_commit_hooks[0]:
+                await uow._run_after_commit_hooks()
             return
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -269,7 +270,10 @@ class _Responder:
 
     async def _decide(self, start: Message, body: bytes | None) -> None:
         status = int(start["status"])
-        self.uow._response = CapturedResponse(status, list(start.get("headers", [])), body)
+        # The headers as the app made them, before the web session's cookie is added: only an
+        # idempotency record (which captured the body) stores them.
+        headers = list(start.get("headers", [])) if body is not None else []
+        self.uow._response = CapturedResponse(status, headers, body)
         if status < self.rollback_status:
             await self._commit()
             self.uow._apply_response_headers(start)

@@ -193,7 +193,6 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         self._right_after_commit_hooks: list[Callable[[], None]] = []
         self._after_commit_hooks: list[list[Hook]] = [[]]
         self._phases_committed = 0
-        self._external_effects = False
         self._committed = False
         self._rolled_back = False
         #: hold the response start until the body is known (an idempotency record stores it)
@@ -308,7 +307,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
     @property
     def _can_retry(self) -> bool:
         """True while re-running the request from scratch cannot repeat a durable effect."""
-        return self._phases_committed == 0 and not self._external_effects and not self._committed
+        return self._phases_committed == 0 and not self._committed
 
     def _independent_session(self) -> AsyncSession:
         """A fresh AsyncSession outside the request's transaction, ended by its caller."""
@@ -329,10 +328,6 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
     def _on_response_headers(self, hook: HeaderHook) -> None:
         """Let ``hook`` add headers to a response whose transaction committed."""
         self._header_hooks.append(hook)
-
-    def _mark_external_effect(self) -> None:
-        """Something outside the database happened: never re-run this request."""
-        self._external_effects = True
 
     async def _commit(self) -> None:
         """Before-commit hooks, then COMMIT. On failure the caller must call :meth:`_rollback`."""
@@ -387,6 +382,12 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
             except Exception:
                 logger.exception("closing the unit of work's AsyncSession failed")
             self._session = None
+        # The hooks hold their owners (a web session holds this unit of work): let go of them
+        # so the request's objects are freed at once, not by the garbage collector's cycles.
+        self._before_commit_hooks.clear()
+        self._on_rollback_hooks.clear()
+        self._header_hooks.clear()
+        self._right_after_commit_hooks.clear()
 
     def _new_session(
         self,

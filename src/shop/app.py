@@ -106,7 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         websessions=build_session_manager(settings, store),
         idempotency_keys=IdempotencyKeys(idempotency_keys),
     )
-    app.include_router(api.router)
+    for router in api.routers:
+        app.include_router(router, prefix="/api")
     app.include_router(health_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")

@@ -1,4 +1,4 @@
-"""The layering rules of ARCHITECTURE.md, checked on every run."""
+"""The project's layering rules, checked on every run."""
 
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ UPDATE that left it alone, a write undone after a failed COMMIT). Rules that mak
 - The process that wrote puts what it committed in its cache the moment its COMMIT returns,
   before the response is sent: its next request reads the new record from memory, and the
   write's own message, arriving later for the same version, leaves it there. Other processes
-  evict when the message arrives (the revocation window: a few milliseconds, measured by
-  ``make bench``).
+  evict when the message arrives (the revocation window: the delivery time of one message,
+  which ``make bench`` measures).
 - Entries are re-read after ``max_age`` seconds whatever the feed says, a bound on the damage
   of a message lost without the connection dropping.
 - The cache holds each record frozen (pickled), never a live object: every read thaws a copy

@@ -70,8 +70,8 @@ class WebSessionManager:
                 user_agent = value.decode("latin-1")
         websession = WebSession(self, uow, cookie, user_agent)
         scope[WEBSESSION] = websession
-        uow._before_commit(websession.save)
-        uow._on_response_headers(websession.apply_headers)
+        uow._before_commit(websession._save)
+        uow._on_response_headers(websession._apply_headers)
         return websession
 
     def expires_at(self, record: SessionRecord) -> float:

@@ -235,7 +235,7 @@ class WebSession(MutableMapping[str, JSON]):
         keep = store_key(self._id) if self._id else None
         return await self._manager.store.delete_for_user(user_id, self._uow, keep=keep)
 
-    # --- saving (called by the unit of work) ---------------------------------------------
+    # --- saving (the unit of work calls the underscored ones) ---------------------------
 
     async def flush(self) -> None:
         """Write the changes made so far now, in the request's transaction, not at COMMIT.
@@ -265,7 +265,7 @@ class WebSession(MutableMapping[str, JSON]):
         self._record = saved
         return True
 
-    async def save(self) -> None:
+    async def _save(self) -> None:
         if not self._loaded:
             return
         store, now = self._manager.store, self._manager.clock()
@@ -293,7 +293,7 @@ class WebSession(MutableMapping[str, JSON]):
         if self._resign:
             self._cookie_action = "set"
 
-    def apply_headers(self, headers: MutableHeaders) -> None:
+    def _apply_headers(self, headers: MutableHeaders) -> None:
         if self._cookie_action is None:
             return
         if self._cookie_action == "set" and self._id is not None:

@@ -41,7 +41,9 @@ async def sql_stores(
 
 
 @pytest.fixture
-async def redis_stores(redis_url: str, redis_prefix: str) -> AsyncIterator[list[RedisStore]]:
+async def redis_stores(
+    redis_url: str, redis_prefix: str, sqlite_engine: AsyncEngine
+) -> AsyncIterator[list[RedisStore]]:
     # Named, so that a test can find its own connections among the server's clients.
     stores = [
         RedisStore(
@@ -52,7 +54,7 @@ async def redis_stores(redis_url: str, redis_prefix: str) -> AsyncIterator[list[
         for _ in "ab"
     ]
     for store in stores:
-        await store.start()
+        await store.start(sqlite_engine)  # the app's engine: Redis stores do not use it
     yield stores
     keys = [key async for key in stores[0].redis.scan_iter(f"{redis_prefix}*")]
     if keys:

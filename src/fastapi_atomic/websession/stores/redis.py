@@ -125,7 +125,7 @@ class RedisStore(WebSessionStore):
     async def ping(self) -> None:
         await self._call(lambda: self.redis.ping())
 
-    async def start(self, engine: AsyncEngine | None = None) -> None:
+    async def start(self, engine: AsyncEngine) -> None:
         if self._feed is not None:
             await self._feed.start()
 
