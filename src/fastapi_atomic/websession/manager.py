@@ -71,7 +71,6 @@ class WebSessionManager:
         websession = WebSession(self, uow, cookie, user_agent)
         scope[WEBSESSION] = websession
         uow._before_commit(websession._save)
-        uow._on_response_headers(websession._apply_headers)
         return websession
 
     def expires_at(self, record: SessionRecord) -> float:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from starlette.datastructures import MutableHeaders
 
-from ..unit_of_work import UnitOfWork
+from ..unit_of_work import SqlAlchemyUnitOfWork
 from .record import JSON, Changes, SessionRecord, apply_ops
 from .signing import new_session_id, store_key
 
@@ -37,7 +37,7 @@ class WebSession(MutableMapping[str, JSON]):
     def __init__(
         self,
         manager: WebSessionManager,
-        uow: UnitOfWork,
+        uow: SqlAlchemyUnitOfWork,
         cookie: str | None,
         user_agent: str,
     ) -> None:
@@ -274,7 +274,8 @@ class WebSession(MutableMapping[str, JSON]):
                 await store.delete(store_key(self._id), self._uow)
             if self._replaced_key is not None:
                 await store.delete(self._replaced_key, self._uow)
-            self._cookie_action = "clear" if self.had_cookie else None
+            if self.had_cookie:
+                self._set_cookie("clear")
             return
         if self._record is None or self._id is None:
             return
@@ -285,13 +286,18 @@ class WebSession(MutableMapping[str, JSON]):
             if self._replaced_key is not None:
                 await store.delete(self._replaced_key, self._uow)
             await store.create(store_key(self._id), record, self._uow)
-            self._cookie_action = "set"
+            self._set_cookie("set")
             return
         touch_due = now - self._record.last_seen_at >= self._manager.touch_interval
         if (self._changes or touch_due) and not await self._write_changes(now):
             return
         if self._resign:
-            self._cookie_action = "set"
+            self._set_cookie("set")
+
+    def _set_cookie(self, action: Literal["set", "clear"]) -> None:
+        """Answer with a Set-Cookie: most responses need none, and build no headers object."""
+        self._cookie_action = action
+        self._uow._on_response_headers(self._apply_headers)
 
     def _apply_headers(self, headers: MutableHeaders) -> None:
         if self._cookie_action is None:

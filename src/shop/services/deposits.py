@@ -33,9 +33,10 @@ async def deposit(
     key = payment_key or card_payments.new_payment_key("deposit")
 
     async def reserve(db: AsyncSession) -> Payment:
-        earlier = await card_payments.find_payment(db, key)
-        if earlier is not None:
-            return earlier
+        if payment_key is not None:  # a client's retry may find its first attempt's payment
+            earlier = await card_payments.find_payment(db, key)
+            if earlier is not None:
+                return earlier
         record = Deposit(account_id=account_id, amount=amount, status="pending")
         db.add(record)
         await db.flush()

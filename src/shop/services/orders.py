@@ -66,9 +66,10 @@ async def checkout_with_card(
     key = payment_key or card_payments.new_payment_key("order")
 
     async def reserve(db: AsyncSession) -> Payment:
-        earlier = await card_payments.find_payment(db, key)
-        if earlier is not None:
-            return earlier
+        if payment_key is not None:  # a client's retry may find its first attempt's payment
+            earlier = await card_payments.find_payment(db, key)
+            if earlier is not None:
+                return earlier
         items = await _priced_items(db, lines)
         order = await _place_order(
             db, user_id, items, status="pending", payment_method="card", payment_key=key
