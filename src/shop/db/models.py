@@ -4,7 +4,7 @@ balance or stock, positive quantities and amounts."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     TypeDecorator,
 )
 from sqlalchemy.engine import Dialect
@@ -191,3 +192,8 @@ class Deposit(Base):
 # The library's tables live in the shop's metadata, so the shop's migrations create them.
 web_sessions = web_sessions_table(Base.metadata)
 idempotency_keys = idempotency_table(Base.metadata)
+
+
+def table(model: type[Base]) -> Table:
+    """The Core table of ``model``, for statements built once (see the services' modules)."""
+    return cast(Table, model.__table__)

@@ -18,13 +18,26 @@ import enum
 import uuid
 from typing import Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_atomic import UnitOfWork
-from shop.db.models import Payment
+from shop.db.models import Payment, table
 from shop.errors import GatewayUnavailable, PaymentDeclined
 from shop.payments import ChargeResult, GatewayError, PaymentGateway
+
+payments = table(Payment)
+
+#: a pending payment ended, under its key; no row changed: it was not pending any more
+_END_PENDING = (
+    update(payments)
+    .where(payments.c.gateway_key == bindparam("key"), payments.c.status == "pending")
+    .values(
+        status=bindparam("status"),
+        charge_id=bindparam("charge_id"),
+        decline_code=bindparam("decline_code"),
+    )
+)
 
 
 class Purchase(Protocol):
@@ -126,11 +139,13 @@ async def _end_pending(
     charge_id: str | None = None,
     decline_code: str | None = None,
 ) -> bool:
-    ended = await db.execute(
-        update(Payment)
-        .where(Payment.gateway_key == key, Payment.status == "pending")
-        .values(status=status, charge_id=charge_id, decline_code=decline_code)
-    )
+    parameters = {
+        "key": key,
+        "status": status,
+        "charge_id": charge_id,
+        "decline_code": decline_code,
+    }
+    ended = await db.execute(_END_PENDING, parameters)
     return bool(ended.rowcount)  # type: ignore[attr-defined]
 
 

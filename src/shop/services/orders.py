@@ -21,17 +21,43 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from fastapi_atomic import ConcurrentChange, UnitOfWork
-from shop.db.models import Order, OrderItem, Payment, Product
+from shop.db.models import Order, OrderItem, Payment, Product, table
 from shop.errors import Conflict, NotFound
 from shop.payments import PaymentGateway
 
 from . import card_payments
 from .accounts import debit
+
+products, orders, order_items = table(Product), table(Order), table(OrderItem)
+
+_PRICES = select(products.c.id, products.c.price).where(
+    products.c.id.in_(bindparam("product_ids", expanding=True))
+)
+#: the products' rows locked in id order, with their stock and price as locked
+_LOCKED_PRODUCTS = (
+    select(products.c.id, products.c.stock, products.c.price)
+    .where(products.c.id.in_(bindparam("product_ids", expanding=True)))
+    .order_by(products.c.id)
+    .with_for_update(key_share=True)
+)
+_CHANGE_STOCK = (
+    update(products)
+    .where(products.c.id == bindparam("product_id"))
+    .values(stock=products.c.stock + bindparam("by"))
+)
+_SET_STATUS = (
+    update(orders).where(orders.c.id == bindparam("order_id")).values(status=bindparam("status"))
+)
+_ITEMS = (
+    select(order_items.c.product_id, order_items.c.quantity)
+    .where(order_items.c.order_id == bindparam("order_id"))
+    .order_by(order_items.c.product_id)
+)
 
 
 @dataclass(frozen=True)
@@ -92,21 +118,13 @@ class OrderPurchase:
     order_id: int
 
     async def complete(self, db: AsyncSession) -> None:
-        await db.execute(update(Order).where(Order.id == self.order_id).values(status="paid"))
+        await db.execute(_SET_STATUS, {"order_id": self.order_id, "status": "paid"})
 
     async def give_up(self, db: AsyncSession) -> None:
-        await db.execute(update(Order).where(Order.id == self.order_id).values(status="failed"))
-        items = await db.execute(
-            select(OrderItem.product_id, OrderItem.quantity)
-            .where(OrderItem.order_id == self.order_id)
-            .order_by(OrderItem.product_id)
-        )
-        for product_id, quantity in items.all():
-            await db.execute(
-                update(Product)
-                .where(Product.id == product_id)
-                .values(stock=Product.stock + quantity)
-            )
+        await db.execute(_SET_STATUS, {"order_id": self.order_id, "status": "failed"})
+        items = await db.execute(_ITEMS, {"order_id": self.order_id})
+        for product_id, quantity in items.all():  # in product id order, the lock order
+            await db.execute(_CHANGE_STOCK, {"product_id": product_id, "by": quantity})
 
 
 async def get_order(db: AsyncSession, *, user_id: int, order_id: int) -> Order:
@@ -116,6 +134,8 @@ async def get_order(db: AsyncSession, *, user_id: int, order_id: int) -> Order:
         select(Order)
         .where(Order.id == order_id, Order.user_id == user_id, Order.status != "failed")
         .options(selectinload(Order.items))
+        # As stored now, even if this session holds it: its status moves by UPDATE statements.
+        .execution_options(populate_existing=True)
     )
     if order is None:
         raise NotFound(f"Order {order_id} not found.")
@@ -147,11 +167,7 @@ def total_of(items: Iterable[OrderItem]) -> int:
 async def _priced_items(db: AsyncSession, lines: Sequence[Line]) -> list[OrderItem]:
     """One item per product at its current price (read without a lock); NotFound for none."""
     merged = merge_lines(lines)
-    rows = await db.execute(
-        select(Product.id, Product.price).where(
-            Product.id.in_([line.product_id for line in merged])
-        )
-    )
+    rows = await db.execute(_PRICES, {"product_ids": [line.product_id for line in merged]})
     prices = {product_id: price for product_id, price in rows}
     for line in merged:
         if line.product_id not in prices:
@@ -190,12 +206,7 @@ async def _place_order(
 
 async def _take_stock(db: AsyncSession, items: Sequence[OrderItem]) -> None:
     """Lock the items' products in id order, then take each quantity at the price charged."""
-    rows = await db.execute(
-        select(Product.id, Product.stock, Product.price)
-        .where(Product.id.in_([item.product_id for item in items]))
-        .order_by(Product.id)
-        .with_for_update(key_share=True)
-    )
+    rows = await db.execute(_LOCKED_PRODUCTS, {"product_ids": [item.product_id for item in items]})
     locked = {product_id: (stock, price) for product_id, stock, price in rows}
     for item in sorted(items, key=lambda item: item.product_id):
         stock, price = locked[item.product_id]
@@ -203,8 +214,4 @@ async def _take_stock(db: AsyncSession, items: Sequence[OrderItem]) -> None:
             raise Conflict(f"Not enough stock for product {item.product_id}.")
         if price != item.unit_price:
             raise ConcurrentChange(f"The price of product {item.product_id} changed meanwhile.")
-        await db.execute(
-            update(Product)
-            .where(Product.id == item.product_id)
-            .values(stock=Product.stock - item.quantity)
-        )
+        await db.execute(_CHANGE_STOCK, {"product_id": item.product_id, "by": -item.quantity})

@@ -7,13 +7,21 @@ PostgreSQL: see :mod:`.orders`). The unit of work retries what the database stil
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shop.db.models import Account, Transfer
+from shop.db.models import Transfer
 from shop.errors import Conflict, NotFound, Unprocessable
 
-from .accounts import change_balance
+from .accounts import accounts, change_balance
+
+#: both accounts, locked in id order, with their owners and balances
+_LOCKED_ACCOUNTS = (
+    select(accounts.c.id, accounts.c.user_id, accounts.c.balance)
+    .where(accounts.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(accounts.c.id)
+    .with_for_update(key_share=True)
+)
 
 
 async def transfer(
@@ -24,12 +32,7 @@ async def transfer(
         raise Unprocessable("The amount must be a positive number of cents.")
     if from_account_id == to_account_id:
         raise Unprocessable("Cannot transfer from an account to itself.")
-    rows = await db.execute(
-        select(Account.id, Account.user_id, Account.balance)
-        .where(Account.id.in_((from_account_id, to_account_id)))
-        .order_by(Account.id)
-        .with_for_update(key_share=True)
-    )
+    rows = await db.execute(_LOCKED_ACCOUNTS, {"ids": [from_account_id, to_account_id]})
     locked = {account_id: (owner, balance) for account_id, owner, balance in rows}
     owner, balance = locked.get(from_account_id, (None, 0))
     if owner != user_id:
