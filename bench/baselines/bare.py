@@ -1,23 +1,120 @@
-"""The ceiling: the shop's checkout and transfer as their bare statements on raw asyncpg.
+"""The ceiling: the shop's transfer and checkouts as their bare statements on raw asyncpg.
 
-The same round trips, in the same order, on the same tables, as the shop's checkout. Paid from
-an account: the web session read (autocommit), BEGIN, prices, debit, order, item, the web
-session's compare-and-set (with the order id appended), stock, COMMIT. Paid by card: the web
-session read; BEGIN, prices, pending order, item, pending payment, stock, COMMIT; the gateway's
-50 ms (a sleep); BEGIN, order paid, payment succeeded, the web session, COMMIT. With
-BENCH_BARE_ONE_STATEMENT=1 the account checkout is one statement after the session read, and
-each phase of the card checkout is one statement.
+In the same FastAPI + uvicorn stack as the shop: the same round trips, in the same order, in
+the same transactions, on the same tables, and nothing else (no validation, CSRF or signature
+check, ORM, unit of work, idempotency, retries or failure paths beyond an error answer). What
+this reaches is the most any library sending these statements from this stack could reach on
+this machine; the shop's distance from it is the cost of everything else it does.
 
-A transfer: BEGIN, both accounts locked in id order, debit, credit, the transfer's record,
-COMMIT (the session read once per session, as the shop's cache answers it); or, with
-BENCH_BARE_ONE_STATEMENT=1, one statement.
+What the shop sends. Observed on 2026-12-02 (commit ededa7a, then 156dec8 and 9ace56b after
+it) by a scratch script that built ``shop.app.create_app(settings)`` (SQL session store, its
+cache on, fake gateway with 50 ms latency) on a scratch PostgreSQL database, drove one request
+of each kind through ``httpx.ASGITransport`` after a warm-up request of the same kind, and
+recorded ``before_cursor_execute``, ``begin`` and ``commit`` on ``app.state.engine.sync_engine``;
+PostgreSQL's ``log_statement = 'all'`` on that database showed the same on the wire (BEGIN and
+COMMIT as simple queries, every other statement a prepared one). Statements below as SQLAlchemy
+renders them, without its ``::TYPE`` casts; ``…`` stands for the column list before it.
 
-Nothing else: no validation beyond what the statements need, no CSRF check, no signature check
-on the cookie, no ORM, no unit of work, no idempotency, no retries, no failure paths. What this
-reaches is what any library doing that work in this FastAPI + uvicorn stack could reach at
-most; the shop's distance from it is our own cost.
+The web session. The benchmark's load repeats the requests of a few dozen logged-in sessions,
+so the SQL store's cache (``SHOP_SESSION_CACHE``, on by default;
+``fastapi_atomic/websession/cache.py``) answers every read: the login that made the session,
+and every later write of it, put the record in the writing process's cache when its COMMIT
+returned. A read reaches the database only on a miss (a process that never saw the session,
+or an entry older than the cache's ``max_age``, 60 s), and then in autocommit, on a
+connection of its own, before anything else::
 
-Environment: BENCH_DATABASE_URL (postgresql+asyncpg://…, the shop's URL, with its bench data).
+    SELECT web_sessions.record FROM web_sessions WHERE web_sessions.key = $1
+
+Here the same: a process-local cache of the records this process read or wrote, re-read after
+60 s, in autocommit on a miss.
+
+Transfer (``POST /api/transfers``), on a cache hit::
+
+    BEGIN
+    SELECT accounts.id, accounts.user_id, accounts.balance FROM accounts
+        WHERE accounts.id IN ($1, $2) ORDER BY accounts.id FOR NO KEY UPDATE
+    UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2   -- -amount, from
+    UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2   -- +amount, to
+    INSERT INTO transfers (from_account_id, to_account_id, amount, created_at)
+        VALUES ($1, $2, $3, $4) RETURNING transfers.id
+    COMMIT
+
+A transfer does not change the web session; once a minute per session (the session manager's
+``touch_interval``, 60 s) the save before COMMIT also moves its ``last_seen_at``, with the
+compare-and-set below (observed with the interval set to 0).
+
+Account checkout (``POST /api/orders``, paid from an account), on a cache hit::
+
+    BEGIN
+    SELECT products.id, products.price FROM products WHERE products.id IN ($1)
+    SELECT accounts.balance FROM accounts
+        WHERE accounts.id = $1 AND accounts.user_id = $2 FOR NO KEY UPDATE
+    UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2   -- -total
+    INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key,
+        created_at, updated_at) VALUES ($1, …, $8) RETURNING orders.id           -- 'paid'
+    INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+        VALUES ($1, $2, $3, $4) RETURNING order_items.id                         -- per item
+    SELECT products.id, products.stock, products.price FROM products
+        WHERE products.id IN ($1) ORDER BY products.id FOR NO KEY UPDATE
+    UPDATE products SET stock=(products.stock + $1) WHERE products.id = $2   -- -quantity, per item
+    UPDATE web_sessions SET version=$1, record=$2, expires_at=$3
+        WHERE web_sessions.key = $4 AND web_sessions.version = $5
+    COMMIT
+
+The last UPDATE is the web session's compare-and-set at commit: the record (the JSON text the
+store keeps) with the order id appended to ``data.order_ids``, ``last_seen_at`` moved, the
+version one up, where the version is still the one read. When another request of the same
+session won meanwhile it updates no row, and the store reads the record again in the
+transaction (``SELECT web_sessions.record … WHERE web_sessions.key = $1``) and repeats the
+UPDATE (observed with two checkouts of one session at once).
+
+Card checkout (``POST /api/orders``, paid by card, the fake gateway's 50 ms), on a cache hit::
+
+    -- the reserve phase, its own transaction on a connection of its own:
+    BEGIN
+    SELECT products.id, products.price FROM products WHERE products.id IN ($1)
+    INSERT INTO orders (…) VALUES ($1, …, $8) RETURNING orders.id              -- 'pending'
+    INSERT INTO order_items (…) VALUES ($1, $2, $3, $4) RETURNING order_items.id
+    INSERT INTO payments (gateway_key, amount, status, charge_id, decline_code, order_id,
+        deposit_id, created_at, updated_at) VALUES ($1, …, $9) RETURNING payments.id
+    SELECT products.id, products.stock, products.price FROM products
+        WHERE products.id IN ($1) ORDER BY products.id FOR NO KEY UPDATE
+    UPDATE products SET stock=(products.stock + $1) WHERE products.id = $2   -- -quantity
+    COMMIT
+    -- the gateway charges the card: 50 ms, no connection held
+    -- the settle, the request's own transaction:
+    BEGIN
+    UPDATE payments SET status=$1, charge_id=$2, decline_code=$3, updated_at=$4
+        WHERE payments.gateway_key = $5 AND payments.status = $6     -- 'succeeded', 'pending'
+    UPDATE orders SET status=$1, updated_at=$2 WHERE orders.id = $3                -- 'paid'
+    SELECT orders.id, orders.user_id, orders.status, orders.total, orders.payment_method,
+        orders.account_id, orders.payment_key, orders.created_at, orders.updated_at
+        FROM orders WHERE orders.id = $1 AND orders.user_id = $2 AND orders.status != $3
+    SELECT order_items.order_id, order_items.id, order_items.product_id,
+        order_items.quantity, order_items.unit_price FROM order_items
+        WHERE order_items.order_id IN ($1) ORDER BY order_items.id    -- the order read back
+    UPDATE web_sessions SET version=$1, record=$2, expires_at=$3
+        WHERE web_sessions.key = $4 AND web_sessions.version = $5
+    COMMIT
+
+At ededa7a the reserve phase began, after BEGIN, with a look for an earlier attempt's payment
+(``SELECT payments.id, payments.gateway_key, … FROM payments WHERE payments.gateway_key = $1``,
+observed at 11:08 UTC); since commit 156dec8 (observed at 11:43 UTC) the shop looks only for a
+request that came with an Idempotency-Key, which the benchmark never sends, and the ceiling
+follows that. Should the look come back, so does ``EARLIER_PAYMENT`` at the head of the reserve
+in ``_by_card``.
+
+Timestamps are sent as parameters, as the ORM's Python-side defaults send them. Each
+transaction here runs on a connection taken from the pool for it and given back after it, as
+the shop's unit of work does; the pool has 20 connections, as the shop's under the benchmark
+(``SHOP_DB_POOL_SIZE=20``), and sends nothing when a connection comes back to it (asyncpg's
+pool would send a reset query, a round trip the shop's does not make: checked on the wire).
+
+``tests/bench/test_ceiling_statements.py`` runs each write here and in the shop on one database
+and checks that both send the same round trips; when the shop's statements change, change these.
+
+Environment: BENCH_DATABASE_URL (postgresql+asyncpg://…, the shop's URL, with its bench data),
+BENCH_GATEWAY_LATENCY_MS (50).
 """
 
 from __future__ import annotations
@@ -26,150 +123,122 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request, Response
 
 DSN = os.environ.get("BENCH_DATABASE_URL", "").replace("postgresql+asyncpg", "postgresql")
-IDLE_TIMEOUT = 1800.0
+GATEWAY_LATENCY = float(os.environ.get("BENCH_GATEWAY_LATENCY_MS", "50")) / 1000
+POOL_SIZE = 20
+#: the shop's session timeouts and touch interval (seconds), and its cache's max_age
+IDLE_TIMEOUT, ABSOLUTE_TIMEOUT, TOUCH_INTERVAL, CACHE_MAX_AGE = 1800.0, 43200.0, 60.0, 60.0
+COMPARE_AND_SET_ATTEMPTS = 20
 
-SESSION = "SELECT record FROM web_sessions WHERE key = $1"
-PRICES = "SELECT id, price FROM products WHERE id = ANY($1::int[])"
-DEBIT = (
-    "UPDATE accounts SET balance = balance - $3 WHERE id = $1 AND user_id = $2 AND balance >= $3"
+# --- the statements, as the shop sends them --------------------------------------------------
+
+SESSION = "SELECT web_sessions.record FROM web_sessions WHERE web_sessions.key = $1"
+SAVE_SESSION = (
+    "UPDATE web_sessions SET version=$1, record=$2, expires_at=$3 "
+    "WHERE web_sessions.key = $4 AND web_sessions.version = $5"
+)
+ACCOUNTS_LOCKED = (
+    "SELECT accounts.id, accounts.user_id, accounts.balance FROM accounts "
+    "WHERE accounts.id IN ($1, $2) ORDER BY accounts.id FOR NO KEY UPDATE"
+)
+ACCOUNT_LOCKED = (
+    "SELECT accounts.balance FROM accounts "
+    "WHERE accounts.id = $1 AND accounts.user_id = $2 FOR NO KEY UPDATE"
+)
+CHANGE_BALANCE = "UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2"
+TRANSFER = (
+    "INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) "
+    "VALUES ($1, $2, $3, $4) RETURNING transfers.id"
+)
+#: an earlier attempt's payment: the shop looks only when the request has an Idempotency-Key
+EARLIER_PAYMENT = (
+    "SELECT payments.id, payments.gateway_key, payments.amount, payments.status, "
+    "payments.charge_id, payments.decline_code, payments.order_id, payments.deposit_id, "
+    "payments.created_at, payments.updated_at FROM payments WHERE payments.gateway_key = $1"
 )
 ORDER = (
-    "INSERT INTO orders (user_id, status, total, payment_method, account_id, created_at, "
-    "updated_at) VALUES ($1, 'paid', $2, 'account', $3, now(), now()) RETURNING id, created_at"
+    "INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key, "
+    "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING orders.id"
 )
 ITEM = (
-    "INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES ($1, $2, $3, $4)"
+    "INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
+    "VALUES ($1, $2, $3, $4) RETURNING order_items.id"
 )
-SAVE_SESSION = (
-    "UPDATE web_sessions SET version = $3, record = $4, expires_at = $5 "
-    "WHERE key = $1 AND version = $2"
+PAYMENT = (
+    "INSERT INTO payments (gateway_key, amount, status, charge_id, decline_code, order_id, "
+    "deposit_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
+    "RETURNING payments.id"
 )
-STOCK = "UPDATE products SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING price"
-PENDING_ORDER = (
-    "INSERT INTO orders (user_id, status, total, payment_method, payment_key, created_at, "
-    "updated_at) VALUES ($1, 'pending', $2, 'card', $3, now(), now()) RETURNING id, created_at"
+CHANGE_STOCK = "UPDATE products SET stock=(products.stock + $1) WHERE products.id = $2"
+END_PENDING = (
+    "UPDATE payments SET status=$1, charge_id=$2, decline_code=$3, updated_at=$4 "
+    "WHERE payments.gateway_key = $5 AND payments.status = $6"
 )
-PENDING_PAYMENT = (
-    "INSERT INTO payments (gateway_key, amount, status, order_id, created_at, updated_at) "
-    "VALUES ($1, $2, 'pending', $3, now(), now())"
+ORDER_PAID = "UPDATE orders SET status=$1, updated_at=$2 WHERE orders.id = $3"
+ORDER_READ = (
+    "SELECT orders.id, orders.user_id, orders.status, orders.total, orders.payment_method, "
+    "orders.account_id, orders.payment_key, orders.created_at, orders.updated_at FROM orders "
+    "WHERE orders.id = $1 AND orders.user_id = $2 AND orders.status != $3"
 )
-ORDER_PAID = (
-    "UPDATE orders SET status = 'paid', updated_at = now() WHERE id = $1 AND status = 'pending'"
-)
-PAYMENT_SUCCEEDED = (
-    "UPDATE payments SET status = 'succeeded', charge_id = $2, updated_at = now() "
-    "WHERE order_id = $1"
-)
-# Fragments of the one-statement writes. The web session's order ids and version, changed in
-# SQL: the record is the JSON text the shop's store writes.
-APPEND_ORDER_ID = """UPDATE web_sessions SET version = version + 1, record = jsonb_set(jsonb_set(
-        record::jsonb, '{{data,order_ids}}',
-        COALESCE(record::jsonb #> '{{data,order_ids}}', '[]'::jsonb) || to_jsonb({order}.id)),
-        '{{version}}', to_jsonb(version + 1))::text
-    FROM {order} WHERE key = {key}"""
-INSERT_ITEM = """INSERT INTO order_items (order_id, product_id, quantity, unit_price)
-    SELECT new_order.id, $1, $2, stock.price FROM new_order, stock"""
 
-#: The whole account checkout as one statement, atomic on its own (no BEGIN, no COMMIT): the
-#: fewest round trips any design that keeps the web session in the database could make. The
-#: last line divides by zero, failing the statement, if the debit happened but not the stock.
-ONE_STATEMENT = f"""
-WITH price AS (
-    SELECT price FROM products WHERE id = $1
-), debit AS (
-    UPDATE accounts SET balance = balance - (SELECT price FROM price) * $2
-    WHERE id = $3 AND user_id = $4 AND balance >= (SELECT price FROM price) * $2
-    RETURNING id
-), stock AS (
-    UPDATE products SET stock = stock - $2
-    WHERE id = $1 AND stock >= $2 AND EXISTS (SELECT 1 FROM debit)
-    RETURNING price
-), new_order AS (
-    INSERT INTO orders (user_id, status, total, payment_method, account_id, created_at,
-                        updated_at)
-    SELECT $4, 'paid', price * $2, 'account', $3, now(), now() FROM stock
-    RETURNING id, total
-), item AS (
-    {INSERT_ITEM}
-), saved_session AS (
-    {APPEND_ORDER_ID.format(order="new_order", key="$5")}
-)
-SELECT (SELECT id FROM new_order) AS id, (SELECT total FROM new_order) AS total,
-       (SELECT count(*) FROM debit) / (SELECT count(*) FROM stock) AS all_or_nothing
-"""
-OWNERS_LOCKED = "SELECT id, user_id FROM accounts WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE"
-TRANSFER_DEBIT = "UPDATE accounts SET balance = balance - $2 WHERE id = $1 AND balance >= $2"
-TRANSFER_CREDIT = "UPDATE accounts SET balance = balance + $2 WHERE id = $1"
-TRANSFER_RECORD = (
-    "INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) "
-    "VALUES ($1, $2, $3, now()) RETURNING id, from_account_id, to_account_id, amount, created_at"
-)
-#: A transfer as one statement: both rows locked in id order, both moved, the record written.
-#: The last line divides by zero, failing the statement, if only one balance moved.
-TRANSFER_ONE_STATEMENT = """
-WITH locked AS (
-    SELECT id, user_id FROM accounts WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE
-), moved AS (
-    UPDATE accounts a SET balance = a.balance + CASE WHEN a.id = $2 THEN -$4 ELSE $4 END
-    FROM locked
-    WHERE a.id = locked.id AND (SELECT count(*) FROM locked) = 2
-      AND EXISTS (SELECT 1 FROM locked WHERE id = $2 AND user_id = $5)
-      AND (a.id <> $2 OR a.balance >= $4)
-    RETURNING a.id
-), recorded AS (
-    INSERT INTO transfers (from_account_id, to_account_id, amount, created_at)
-    SELECT $2, $3, $4, now() WHERE (SELECT count(*) FROM moved) = 2
-    RETURNING id
-)
-SELECT (SELECT id FROM recorded) AS id, 1 / ((SELECT count(*) FROM moved) - 1) AS all_or_nothing
-"""
-#: The card checkout's two phases as one statement each: reserve (order, item, payment, stock;
-#: nothing if there is no stock) and settle (order, payment, the web session).
-RESERVE_ONE_STATEMENT = f"""
-WITH stock AS (
-    UPDATE products SET stock = stock - $2 WHERE id = $1 AND stock >= $2 RETURNING price
-), new_order AS (
-    INSERT INTO orders (user_id, status, total, payment_method, payment_key, created_at,
-                        updated_at)
-    SELECT $3, 'pending', price * $2, 'card', $4, now(), now() FROM stock
-    RETURNING id, total
-), item AS (
-    {INSERT_ITEM}
-), payment AS (
-    INSERT INTO payments (gateway_key, amount, status, order_id, created_at, updated_at)
-    SELECT $4, total, 'pending', id, now(), now() FROM new_order
-)
-SELECT id, total FROM new_order
-"""
-SETTLE_ONE_STATEMENT = f"""
-WITH paid AS (
-    UPDATE orders SET status = 'paid', updated_at = now()
-    WHERE id = $1 AND status = 'pending' RETURNING id
-), payment AS (
-    UPDATE payments SET status = 'succeeded', charge_id = $2, updated_at = now()
-    WHERE order_id = (SELECT id FROM paid)
-)
-{APPEND_ORDER_ID.format(order="paid", key="$3")}
-"""
-ONE_STATEMENT_MODE = os.environ.get("BENCH_BARE_ONE_STATEMENT") == "1"
-GATEWAY_LATENCY = float(os.environ.get("BENCH_GATEWAY_LATENCY_MS", "50")) / 1000
+
+def _in(count: int) -> str:
+    """``IN ($1, …, $n)``: the ORM renders one parameter per value."""
+    return "IN (" + ", ".join(f"${n}" for n in range(1, count + 1)) + ")"
+
+
+def prices_sql(count: int) -> str:
+    return f"SELECT products.id, products.price FROM products WHERE products.id {_in(count)}"
+
+
+def products_locked_sql(count: int) -> str:
+    return (
+        "SELECT products.id, products.stock, products.price FROM products "
+        f"WHERE products.id {_in(count)} ORDER BY products.id FOR NO KEY UPDATE"
+    )
+
+
+def items_read_sql(count: int) -> str:
+    return (
+        "SELECT order_items.order_id, order_items.id, order_items.product_id, "
+        "order_items.quantity, order_items.unit_price FROM order_items "
+        f"WHERE order_items.order_id {_in(count)} ORDER BY order_items.id"
+    )
+
+
+# --- the app -------------------------------------------------------------------------------
 
 pool: Any = None
+
+
+async def _no_reset(_connection: Any) -> None:
+    """asyncpg's pool would otherwise send a reset query (``SELECT pg_advisory_unlock_all();
+    CLOSE ALL; UNLISTEN *; RESET ALL;``) each time a connection goes back to it: a round trip
+    the shop's pool does not make. A transaction left open is still rolled back."""
 
 
 @asynccontextmanager
 async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
     global pool
-    pool = await asyncpg.create_pool(DSN, min_size=20, max_size=20)
+    pool = await asyncpg.create_pool(
+        DSN,
+        min_size=POOL_SIZE,
+        max_size=POOL_SIZE,
+        reset=_no_reset,
+        # Connections kept for the whole run, as the shop's pool keeps them.
+        max_queries=2**62,
+        max_inactive_connection_lifetime=0,
+    )
     try:
         yield
     finally:
@@ -179,17 +248,30 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=lifespan)
 
 
-def _error(status: int, detail: str) -> Response:
-    return Response(json.dumps({"detail": detail}), status, media_type="application/json")
+class _Refused(Exception):
+    """An error answer; raised inside a transaction, it rolls it back."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
 
 
-async def _one_statement(statement: str, *args: Any) -> Any:
-    """The row of a one-statement write; None when its all-or-nothing guard failed it."""
-    try:
-        async with pool.acquire() as connection:
-            return await connection.fetchrow(statement, *args)
-    except asyncpg.DivisionByZeroError:
-        return None
+def _json(payload: Any, status: int = 201) -> Response:
+    return Response(json.dumps(payload), status, media_type="application/json")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+# --- the web session: a process-local cache, autocommit reads, compare-and-set at commit -----
+
+#: store key -> (record, when cached): records this process read or wrote, never changed
+_cache: dict[str, tuple[dict[str, Any], float]] = {}
 
 
 def _session_key(request: Request) -> str:
@@ -198,132 +280,277 @@ def _session_key(request: Request) -> str:
     return hashlib.sha256(cookie.partition(".")[0].encode()).hexdigest()
 
 
-async def _append_order_id(
-    connection: Any, key: str, record: dict[str, Any], order_id: int
-) -> None:
-    while True:  # compare-and-set, as the shop's store: re-read if another request won
-        version = record["version"]
-        record["data"]["order_ids"] = [*record["data"].get("order_ids", []), order_id]
-        record["version"] = version + 1
-        expires_at = record["last_seen_at"] + IDLE_TIMEOUT
+def _keep(key: str, record: dict[str, Any]) -> None:
+    """Cache ``record`` unless a newer version of it is cached already."""
+    entry = _cache.get(key)
+    if entry is None or record["version"] >= entry[0]["version"]:
+        _cache[key] = (record, time.monotonic())
+
+
+async def _load(key: str) -> dict[str, Any]:
+    entry = _cache.get(key)
+    if entry is not None and time.monotonic() - entry[1] <= CACHE_MAX_AGE:
+        record = entry[0]
+    else:
+        async with pool.acquire() as connection:  # autocommit: no BEGIN, no COMMIT
+            text = await connection.fetchval(SESSION, key)
+        if text is None:
+            raise _Refused(401, "Not logged in.")
+        record = json.loads(text)
+        _keep(key, record)
+    if record.get("user_id") is None:
+        raise _Refused(401, "Not logged in.")
+    return record
+
+
+def _expires_at(record: dict[str, Any]) -> float:
+    started = record["authenticated_at"] or record["created_at"]
+    return float(min(record["last_seen_at"] + IDLE_TIMEOUT, started + ABSOLUTE_TIMEOUT))
+
+
+async def _save(
+    connection: Any, key: str, record: dict[str, Any], order_id: int | None
+) -> dict[str, Any] | None:
+    """The session's compare-and-set before COMMIT (the order id appended, if any); on a lost
+    race, read again in the transaction and repeat. None if the session is gone."""
+    now = time.time()
+    current: dict[str, Any] | None = record
+    for _ in range(COMPARE_AND_SET_ATTEMPTS):
+        if current is None:
+            text = await connection.fetchval(SESSION, key)
+            if text is None:
+                return None
+            current = json.loads(text)
+        data = dict(current["data"])
+        if order_id is not None:
+            ids = data.get("order_ids")
+            data["order_ids"] = [*ids, order_id] if isinstance(ids, list) else [order_id]
+        updated = {**current, "data": data, "version": current["version"] + 1}
+        updated["last_seen_at"] = max(current["last_seen_at"], now)
+        text = json.dumps(updated, separators=(",", ":"))
         saved = await connection.execute(
-            SAVE_SESSION, key, version, version + 1, json.dumps(record), expires_at
+            SAVE_SESSION, updated["version"], text, _expires_at(updated), key, current["version"]
         )
         if saved == "UPDATE 1":
-            return
-        record = json.loads(await connection.fetchval(SESSION, key))
+            return updated
+        current = None
+    raise RuntimeError("web session kept changing")
 
 
-@app.post("/api/orders", status_code=201)
-async def checkout(request: Request) -> Response:
-    key = _session_key(request)
-    body = json.loads(await request.body())
-    (item,) = body["items"]
-    product_id, quantity = int(item["product_id"]), int(item["quantity"])
-    async with pool.acquire() as connection:
-        text = await connection.fetchval(SESSION, key)
-    if text is None:
-        return _error(401, "Not logged in.")
-    record = json.loads(text)
-    user_id = int(record["user_id"])
-    if body["payment"]["method"] == "card":
-        return await _by_card(key, record, user_id, product_id, quantity)
-    account_id = int(body["payment"]["account_id"])
-    if ONE_STATEMENT_MODE:
-        row = await _one_statement(ONE_STATEMENT, product_id, quantity, account_id, user_id, key)
-        if row is None:
-            return _error(409, "No stock or no money.")
-        payload = {"id": row["id"], "status": "paid", "total": row["total"]}
-        return Response(json.dumps(payload), 201, media_type="application/json")
-    async with pool.acquire() as connection, connection.transaction():
-        prices = dict(await connection.fetch(PRICES, [product_id]))
-        if product_id not in prices:
-            return _error(404, "No such product.")
-        total = prices[product_id] * quantity
-        if await connection.execute(DEBIT, account_id, user_id, total) != "UPDATE 1":
-            return _error(402, "Insufficient funds.")
-        order_id, _created_at = await connection.fetchrow(ORDER, user_id, total, account_id)
-        await connection.execute(ITEM, order_id, product_id, quantity, prices[product_id])
-        await _append_order_id(connection, key, record, order_id)
-        if await connection.fetchval(STOCK, product_id, quantity) is None:
-            raise RuntimeError("no stock")  # rolls back
-    payload = {"id": order_id, "status": "paid", "total": total}
-    return Response(json.dumps(payload), 201, media_type="application/json")
+def _refusals(handler: Any) -> Any:
+    async def answer(request: Request) -> Response:
+        try:
+            response: Response = await handler(request)
+        except _Refused as refused:
+            return _json({"detail": refused.detail}, refused.status)
+        return response
+
+    answer.__name__ = handler.__name__
+    return answer
 
 
-#: session key -> user id: a transfer does not change the web session, so the shop answers its
-#: session read from its cache; the ceiling reads each session once too
-_users: dict[str, int] = {}
+# --- transfer ------------------------------------------------------------------------------
 
 
 @app.post("/api/transfers", status_code=201)
+@_refusals
 async def transfer(request: Request) -> Response:
     key = _session_key(request)
     body = json.loads(await request.body())
     source, target = int(body["from_account_id"]), int(body["to_account_id"])
     amount = int(body["amount"])
-    if key not in _users:
-        async with pool.acquire() as connection:
-            text = await connection.fetchval(SESSION, key)
-        if text is None:
-            return _error(401, "Not logged in.")
-        _users[key] = int(json.loads(text)["user_id"])
-    user_id = _users[key]
-    ids = sorted((source, target))
-    if ONE_STATEMENT_MODE:
-        row = await _one_statement(TRANSFER_ONE_STATEMENT, ids, source, target, amount, user_id)
-        if row is None:
-            return _error(409, "Insufficient funds.")
-        if row["id"] is None:
-            return _error(404, "No such account.")
-        payload = {"id": row["id"], "amount": amount}
-        return Response(json.dumps(payload), 201, media_type="application/json")
+    record = await _load(key)
+    user_id = int(record["user_id"])
+    saved = None
     async with pool.acquire() as connection, connection.transaction():
-        owners = dict(await connection.fetch(OWNERS_LOCKED, ids))
-        if owners.get(source) != user_id or target not in owners:
-            return _error(404, "No such account.")
-        if await connection.execute(TRANSFER_DEBIT, source, amount) != "UPDATE 1":
-            return _error(409, "Insufficient funds.")
-        await connection.execute(TRANSFER_CREDIT, target, amount)
-        row = await connection.fetchrow(TRANSFER_RECORD, source, target, amount)
-    payload = {"id": row["id"], "amount": amount, "created_at": row["created_at"].isoformat()}
-    return Response(json.dumps(payload), 201, media_type="application/json")
+        locked = {
+            row[0]: (row[1], row[2])
+            for row in await connection.fetch(ACCOUNTS_LOCKED, *sorted((source, target)))
+        }
+        owner, balance = locked.get(source, (None, 0))
+        if owner != user_id or target not in locked:
+            raise _Refused(404, "No such account.")
+        if balance < amount:
+            raise _Refused(409, "Insufficient funds.")
+        await connection.execute(CHANGE_BALANCE, -amount, source)
+        await connection.execute(CHANGE_BALANCE, amount, target)
+        transfer_id = await connection.fetchval(TRANSFER, source, target, amount, _now())
+        if time.time() - record["last_seen_at"] >= TOUCH_INTERVAL:
+            saved = await _save(connection, key, record, None)
+    if saved is not None:
+        _keep(key, saved)
+    payload = {
+        "id": transfer_id,
+        "from_account_id": source,
+        "to_account_id": target,
+        "amount": amount,
+    }
+    return _json(payload)
+
+
+# --- checkout ------------------------------------------------------------------------------
+
+
+async def _priced(connection: Any, lines: Sequence[tuple[int, int]]) -> dict[int, int]:
+    """Product id -> price, read without a lock."""
+    ids = [product_id for product_id, _ in lines]
+    prices = dict(await connection.fetch(prices_sql(len(ids)), *ids))
+    if len(prices) != len(ids):
+        raise _Refused(404, "No such product.")
+    return prices
+
+
+async def _place(
+    connection: Any,
+    user_id: int,
+    lines: Sequence[tuple[int, int]],
+    prices: dict[int, int],
+    *,
+    status: str,
+    method: str,
+    account_id: int | None,
+    payment_key: str | None,
+) -> tuple[int, datetime]:
+    total = sum(prices[product_id] * quantity for product_id, quantity in lines)
+    created = _now()
+    order_id = await connection.fetchval(
+        ORDER, user_id, status, total, method, account_id, payment_key, created, created
+    )
+    for product_id, quantity in lines:
+        await connection.fetchval(ITEM, order_id, product_id, quantity, prices[product_id])
+    return order_id, created
+
+
+async def _take_stock(
+    connection: Any, lines: Sequence[tuple[int, int]], prices: dict[int, int]
+) -> None:
+    """Lock the products in id order, then take each quantity."""
+    ids = [product_id for product_id, _ in lines]
+    locked = {
+        row[0]: (row[1], row[2])
+        for row in await connection.fetch(products_locked_sql(len(ids)), *ids)
+    }
+    for product_id, quantity in lines:
+        stock, price = locked[product_id]
+        if stock < quantity or price != prices[product_id]:
+            raise _Refused(409, "No stock, or the price changed.")
+        await connection.execute(CHANGE_STOCK, -quantity, product_id)
+
+
+def _lines(body: dict[str, Any]) -> list[tuple[int, int]]:
+    """One line per product, in product id order (the lock order)."""
+    merged: dict[int, int] = {}
+    for item in body["items"]:
+        product_id = int(item["product_id"])
+        merged[product_id] = merged.get(product_id, 0) + int(item["quantity"])
+    return sorted(merged.items())
+
+
+def _order(
+    order_id: int,
+    status: str,
+    lines: Sequence[tuple[int, int]],
+    prices: dict[int, int],
+    created: datetime,
+) -> dict[str, Any]:
+    items = [
+        {"product_id": product_id, "quantity": quantity, "unit_price": prices[product_id]}
+        for product_id, quantity in lines
+    ]
+    total = sum(item["quantity"] * item["unit_price"] for item in items)
+    return {
+        "id": order_id,
+        "status": status,
+        "total": total,
+        "items": items,
+        "created_at": _iso(created),
+    }
+
+
+@app.post("/api/orders", status_code=201)
+@_refusals
+async def checkout(request: Request) -> Response:
+    key = _session_key(request)
+    body = json.loads(await request.body())
+    lines = _lines(body)
+    record = await _load(key)
+    user_id = int(record["user_id"])
+    if body["payment"]["method"] == "card":
+        return await _by_card(key, record, user_id, lines)
+    account_id = int(body["payment"]["account_id"])
+    async with pool.acquire() as connection, connection.transaction():
+        prices = await _priced(connection, lines)
+        total = sum(prices[product_id] * quantity for product_id, quantity in lines)
+        balance = await connection.fetchval(ACCOUNT_LOCKED, account_id, user_id)
+        if balance is None:
+            raise _Refused(404, "No such account.")
+        if balance < total:
+            raise _Refused(402, "Insufficient funds.")
+        await connection.execute(CHANGE_BALANCE, -total, account_id)
+        order_id, created = await _place(
+            connection,
+            user_id,
+            lines,
+            prices,
+            status="paid",
+            method="account",
+            account_id=account_id,
+            payment_key=None,
+        )
+        await _take_stock(connection, lines, prices)
+        saved = await _save(connection, key, record, order_id)
+    if saved is not None:
+        _keep(key, saved)
+    return _json(_order(order_id, "paid", lines, prices, created))
 
 
 async def _by_card(
-    key: str, record: dict[str, Any], user_id: int, product_id: int, quantity: int
+    key: str, record: dict[str, Any], user_id: int, lines: Sequence[tuple[int, int]]
 ) -> Response:
     payment_key = f"order_{uuid.uuid4().hex}"
-    if ONE_STATEMENT_MODE:
-        async with pool.acquire() as connection:
-            reserved = await connection.fetchrow(
-                RESERVE_ONE_STATEMENT, product_id, quantity, user_id, payment_key
-            )
-        if reserved is None:
-            return _error(409, "No stock.")
-        await asyncio.sleep(GATEWAY_LATENCY)  # the gateway charges the card
-        async with pool.acquire() as connection:
-            await connection.execute(
-                SETTLE_ONE_STATEMENT, reserved["id"], f"ch_{uuid.uuid4().hex}", key
-            )
-        payload = {"id": reserved["id"], "status": "paid", "total": reserved["total"]}
-        return Response(json.dumps(payload), 201, media_type="application/json")
+    # The reserve phase, committed before the gateway is called.
     async with pool.acquire() as connection, connection.transaction():
-        prices = dict(await connection.fetch(PRICES, [product_id]))
-        if product_id not in prices:
-            return _error(404, "No such product.")
-        total = prices[product_id] * quantity
-        order_id, _created_at = await connection.fetchrow(
-            PENDING_ORDER, user_id, total, payment_key
+        prices = await _priced(connection, lines)
+        order_id, created = await _place(
+            connection,
+            user_id,
+            lines,
+            prices,
+            status="pending",
+            method="card",
+            account_id=None,
+            payment_key=payment_key,
         )
-        await connection.execute(ITEM, order_id, product_id, quantity, prices[product_id])
-        await connection.execute(PENDING_PAYMENT, payment_key, total, order_id)
-        if await connection.fetchval(STOCK, product_id, quantity) is None:
-            raise RuntimeError("no stock")  # rolls back
-    await asyncio.sleep(GATEWAY_LATENCY)  # the gateway charges the card
+        total = sum(prices[product_id] * quantity for product_id, quantity in lines)
+        await connection.fetchval(
+            PAYMENT, payment_key, total, "pending", None, None, order_id, None, created, created
+        )
+        await _take_stock(connection, lines, prices)
+    await asyncio.sleep(GATEWAY_LATENCY)  # the gateway charges the card; no connection held
+    charge_id = f"ch_{uuid.uuid4().hex[:24]}"
+    # The settle, with the order read back and the web session's compare-and-set.
     async with pool.acquire() as connection, connection.transaction():
-        await connection.execute(ORDER_PAID, order_id)
-        await connection.execute(PAYMENT_SUCCEEDED, order_id, f"ch_{uuid.uuid4().hex}")
-        await _append_order_id(connection, key, record, order_id)
-    payload = {"id": order_id, "status": "paid", "total": total}
-    return Response(json.dumps(payload), 201, media_type="application/json")
+        await connection.execute(
+            END_PENDING, "succeeded", charge_id, None, _now(), payment_key, "pending"
+        )
+        await connection.execute(ORDER_PAID, "paid", _now(), order_id)
+        order = await connection.fetchrow(ORDER_READ, order_id, user_id, "failed")
+        items = await connection.fetch(items_read_sql(1), order_id)
+        saved = await _save(connection, key, record, order_id)
+    if saved is not None:
+        _keep(key, saved)
+    payload = {
+        "id": order["id"],
+        "status": order["status"],
+        "total": order["total"],
+        "items": [
+            {
+                "product_id": i["product_id"],
+                "quantity": i["quantity"],
+                "unit_price": i["unit_price"],
+            }
+            for i in items
+        ],
+        "created_at": _iso(order["created_at"]),
+    }
+    return _json(payload)

@@ -6,14 +6,110 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+VERDICTS = {"met", "not met", "not judged"}
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """bench.run, imported from the repository (it is not an installed package)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import bench.run
+
+    return bench.run
+
+
+def _verdict_cell(line: str) -> str:
+    """The verdict a report's target line gives: its last cell, without emphasis or reason."""
+    cell = line.rstrip(" |").rsplit(" | ", 1)[1]
+    return cell.partition(" (")[0].strip("*")
+
+
+def _row(scenario: str, connections: int, rps: float, p99_ms: float) -> dict[str, Any]:
+    return {
+        "scenario": scenario,
+        "connections": connections,
+        "rps": rps,
+        "p50_ms": p99_ms / 2,
+        "p99_ms": p99_ms,
+        "max_ms": p99_ms,
+        "socket_errors": 0,
+        "non_2xx": 0,
+        "violations": [],
+        "tool": "wrk",
+    }
+
+
+def test_targets_compare_each_row_with_its_baseline(bench: ModuleType, tmp_path: Path) -> None:
+    run = bench
+    rows = [
+        _row(run.FLOOR, 64, 10_000, 10),
+        _row(run.SHOP_TRANSFER, 16, 1, 1),  # not the judged count: ignored
+        _row(run.SHOP_TRANSFER, 64, 750, 130),  # exactly 0.75 x and 1.3 x the ceiling: met
+        _row(run.CEILING_TRANSFER, 64, 1000, 100),
+        _row(run.SHOP_ACCOUNT_CHECKOUT, 64, 700, 140),  # 0.7 x the ceiling: not met
+        _row(run.CEILING_ACCOUNT_CHECKOUT, 64, 1000, 100),
+        _row(run.POPULAR_ACCOUNT_CHECKOUT, 64, 701, 900),  # faster than the shop: not met
+        _row(run.SHOP_CARD_CHECKOUT, 64, 800, 131),  # p99 above 1.3 x: not met
+        _row(run.CEILING_CARD_CHECKOUT, 64, 1000, 100),
+        _row(run.SESSION_READ_SQL, 64, 6000, 20),
+        {"scenario": run.SESSION_READ_REDIS, "skipped": "Redis not reachable"},
+        _row(run.POPULAR_SESSION_READ, 64, 5000, 20),
+    ]
+    run.write_report(rows, tmp_path, quick=False, argv=["test"])
+    targets = json.loads((tmp_path / "latest.json").read_text())["targets"]
+    verdicts = {(t["scenario"], t["metric"], t["baseline"]): t["verdict"] for t in targets}
+    assert verdicts == {
+        (run.SHOP_TRANSFER, "rps", run.CEILING_TRANSFER): "met",
+        (run.SHOP_TRANSFER, "p99_ms", run.CEILING_TRANSFER): "met",
+        (run.SHOP_ACCOUNT_CHECKOUT, "rps", run.CEILING_ACCOUNT_CHECKOUT): "not met",
+        (run.SHOP_ACCOUNT_CHECKOUT, "p99_ms", run.CEILING_ACCOUNT_CHECKOUT): "not met",
+        (run.SHOP_ACCOUNT_CHECKOUT, "rps", run.POPULAR_ACCOUNT_CHECKOUT): "not met",
+        (run.SHOP_CARD_CHECKOUT, "rps", run.CEILING_CARD_CHECKOUT): "met",
+        (run.SHOP_CARD_CHECKOUT, "p99_ms", run.CEILING_CARD_CHECKOUT): "not met",
+        (run.SESSION_READ_SQL, "rps", run.POPULAR_SESSION_READ): "met",
+        (run.SESSION_READ_REDIS, "rps", run.POPULAR_SESSION_READ): "not judged",
+    }
+    by_id = {t["id"]: t for t in targets}
+    transfer = next(t for t in targets if t["scenario"] == run.SHOP_TRANSFER)
+    assert transfer["connections"] == 64 and transfer["ratio"] == 0.75
+    redis = next(t for t in targets if t["scenario"] == run.SESSION_READ_REDIS)
+    assert "Redis not reachable" in redis["reason"] and redis["ratio"] is None
+    report = (tmp_path / "latest.md").read_text()
+    for line in report.splitlines():
+        if line.startswith("| T"):
+            target = by_id[line.split(" | ")[0].removeprefix("| ")]
+            assert target["scenario"] in line and target["baseline"] in line
+            assert _verdict_cell(line) == target["verdict"], line
+    # The floor stays a reference column.
+    assert next(r for r in json.loads((tmp_path / "latest.json").read_text())["scenarios"])[
+        "percent_of_floor"
+    ] == pytest.approx(100)
+    assert (tmp_path / "latest.png").stat().st_size > 0
+
+
+def test_only_runs_the_baselines_of_the_targets_it_selects(bench: ModuleType) -> None:
+    run = bench
+    assert run.selected(run.SHOP_ACCOUNT_CHECKOUT) == {
+        run.SHOP_ACCOUNT_CHECKOUT,
+        run.CEILING_ACCOUNT_CHECKOUT,
+        run.POPULAR_ACCOUNT_CHECKOUT,
+    }
+    names = {scenario.name for scenario in run.scenarios()}
+    for target in run.TARGETS:
+        assert {target.scenario, target.baseline} <= names, target
+        measured = next(s for s in run.scenarios() if s.name == target.scenario)
+        assert run.JUDGED_AT in measured.connection_counts, target
 
 
 @pytest.mark.timeout(300)  # every scenario once, servers started one by one: ~2 min here
-def test_quick_benchmark_run(tmp_path: Path) -> None:
+def test_quick_benchmark_run(bench: ModuleType, tmp_path: Path) -> None:
+    run = bench
     subprocess.run(
         [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
         cwd=ROOT,
@@ -31,10 +127,32 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
         assert row["scenario"] in report
     for row in measured:
         assert row["rps"] > 0, row
-        if row["scenario"].startswith("shop"):
-            assert row["violations"] == [], row  # the shop never loses money or stock
+        if row["scenario"].startswith(("shop", "ceiling")):
+            # The shop never loses money or stock; nor do its bare statements.
+            assert row["violations"] == [], row
             if "sign-up" not in row["scenario"]:
                 assert row["non_2xx"] == 0, row
+    # Every ceiling row is in the report, and no other (the one-statement designs are gone).
+    names = {row["scenario"] for row in rows}
+    assert set(run.CEILINGS) <= names
+    assert {name for name in names if name.startswith("ceiling")} == set(run.CEILINGS)
+    skipped = {row["scenario"] for row in rows if "skipped" in row}
+    # Every target names its baseline row and has a verdict, in the JSON and in the report.
+    targets = results["targets"]
+    assert [(t["scenario"], t["baseline"]) for t in targets] == [
+        (t.scenario, t.baseline) for t in run.TARGETS
+    ]
+    for target in targets:
+        assert target["verdict"] in VERDICTS, target
+        assert target["baseline"] in names, target
+        if {target["scenario"], target["baseline"]} & skipped:
+            assert target["verdict"] == "not judged" and target["reason"], target
+        else:
+            assert target["verdict"] in {"met", "not met"}, target
+            assert target["ratio"] is not None and target["baseline_value"] > 0, target
+        line = next(line for line in report.splitlines() if line.startswith(f"| {target['id']} |"))
+        assert target["scenario"] in line and target["baseline"] in line, line
+        assert _verdict_cell(line) == target["verdict"], line
     # A process that kept serving a revoked session for 10 s would have failed the run.
     for window in results["revocation_windows"]:
         assert window["trials"] == 3 and window["p50_ms"] <= window["max_ms"], window
