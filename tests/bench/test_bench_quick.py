@@ -156,3 +156,21 @@ def test_quick_benchmark_run(bench: ModuleType, tmp_path: Path) -> None:
     # A process that kept serving a revoked session for 10 s would have failed the run.
     for window in results["revocation_windows"]:
         assert window["trials"] == 3 and window["p50_ms"] <= window["max_ms"], window
+
+
+@pytest.mark.timeout(300)
+def test_the_layers_tool_measures_every_layer(postgres_database: str) -> None:
+    """`python -m bench.layers` (bench/README.md's "where the time goes") runs end to end, on a
+    database of its own on the PostgreSQL server (skipped, or in CI failed, without one)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.layers", "--rounds", "1", "--requests", "20"],
+        cwd=ROOT,
+        check=True,
+        timeout=280,
+        capture_output=True,
+        text=True,
+    )
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    for layer in ("bare route", "+ AtomicMiddleware", "Starlette cookie", "raw asyncpg"):
+        assert any(layer in row for row in rows), result.stdout
+    assert len(rows) == 2 + 6 + 2 + 3, result.stdout

@@ -1,0 +1,283 @@
+"""Where a request's time goes, layer by layer, measured in one process (no HTTP, no wrk).
+
+    python -m bench.layers                 # PostgreSQL at BENCH_POSTGRES_URL (a throw-away db)
+    python -m bench.layers --rounds 1 --requests 20    # checks the tool works
+
+Two tables, each from interleaved rounds in one process (medians, in microseconds):
+
+1. An authenticated session read, built up one layer at a time: a bare route; the FastAPI
+   idiom of the shop's GET /api/session (a router included under a prefix, a dependency that
+   depends on another, a response model) with dependencies that do nothing; the same with
+   AtomicMiddleware; the same with the real web session (the SQL store and its cache); the shop
+   itself; and Starlette's signed-cookie session (the target's baseline).
+2. One UPDATE in a transaction, CPU per statement: raw asyncpg against SQLAlchemy's
+   AsyncConnection and the unit of work's AsyncSession (the shop's statements are Core
+   statements built once, as here).
+
+The ASGI app is called directly with a prepared scope, so what is measured is the app's own
+work; uvicorn's parsing and the socket come on top of every row alike. The garbage collector is
+frozen after the set-up, as `shop serve` does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import asyncpg  # type: ignore[import-untyped]
+import httpx
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter, Depends, FastAPI, Request
+from pydantic import BaseModel
+from sqlalchemy import Column, Integer, MetaData, Table, bindparam, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message
+
+from bench.run import ADMIN, SECRET, Databases
+from fastapi_atomic import AtomicMiddleware, atomic, create_engine
+from fastapi_atomic.websession import WebSessionDep, WebSessionManager
+from shop.app import create_app
+from shop.settings import Settings
+
+ROUNDS = 9
+REQUESTS = 1000
+
+
+def scope_for(path: str, cookie: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"bench"), (b"cookie", cookie.encode()), (b"user-agent", b"bench")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "state": {},
+    }
+
+
+async def per_request(app: ASGIApp, scope: dict[str, Any], count: int) -> float:
+    """Microseconds per request of ``app`` answering ``scope`` ``count`` times in a row."""
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    statuses: list[int] = []
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    started = time.perf_counter()
+    for _ in range(count):
+        await app(dict(scope), receive, send)
+    elapsed = time.perf_counter() - started
+    assert set(statuses) == {200}, set(statuses)
+    return elapsed / count * 1e6
+
+
+class Out(BaseModel):
+    id: int
+    csrf_token: str
+
+
+async def nothing_session(request: Request) -> dict[str, str]:
+    return {"user_id": "1", "csrf_token": "token"}
+
+
+NothingSession = Annotated[dict[str, str], Depends(nothing_session)]
+
+
+async def nothing_user(websession: NothingSession) -> int:
+    return int(websession["user_id"])
+
+
+NothingUser = Annotated[int, Depends(nothing_user)]
+
+
+async def session_user(websession: WebSessionDep) -> int:
+    return int(websession.user_id or 0)
+
+
+SessionUser = Annotated[int, Depends(session_user)]
+
+
+def layer(kind: str, engine: AsyncEngine, manager: WebSessionManager) -> FastAPI:
+    app = FastAPI()
+    if kind == "bare route":
+
+        @app.get("/api/session")
+        async def bare() -> dict[str, int]:
+            return {"id": 1}
+
+        return app
+    router = APIRouter()
+    if kind.endswith("web session"):
+
+        @router.get("/session")
+        async def real(user: SessionUser, websession: WebSessionDep) -> Out:
+            return Out(id=user, csrf_token=websession.csrf_token or "")
+    else:
+
+        @router.get("/session")
+        async def idiom(user: NothingUser, websession: NothingSession) -> Out:
+            return Out(id=user, csrf_token=websession["csrf_token"])
+
+    app.include_router(router, prefix="/api")
+    if kind != "FastAPI idiom":
+        app.add_middleware(AtomicMiddleware, engine=engine, websessions=manager)
+    return app
+
+
+async def session_read_layers(database_url: str) -> list[tuple[str, float]]:
+    settings = Settings(
+        database_url=database_url,
+        secret_keys=[SECRET],
+        cookie_secure=False,
+        admin_email=ADMIN["email"],
+        admin_password=ADMIN["password"],
+    )
+    shop = create_app(settings)
+    os.environ["BENCH_DATABASE_URL"] = database_url
+    os.environ["BENCH_SECRET"] = SECRET
+    from bench.baselines.popular import app as popular
+
+    async with LifespanManager(shop):
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=shop), base_url="http://b")
+        credentials = {"email": "layers@example.com", "password": "layers-password"}
+        await client.post("/api/users", json={"name": "Layers", **credentials})
+        await client.post("/api/session", json=credentials)
+        cookie = f"shop_session={client.cookies['shop_session']}"
+        baseline = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=popular), base_url="http://b"
+        )
+        await baseline.post("/api/session", json={"email": credentials["email"]})
+        popular_cookie = f"session={baseline.cookies['session']}"
+
+        middleware: Any = shop.middleware_stack
+        while not isinstance(middleware, AtomicMiddleware):
+            middleware = middleware.app
+        manager = middleware.websessions
+        assert manager is not None
+        rows: dict[str, tuple[ASGIApp, dict[str, Any]]] = {
+            kind: (layer(kind, shop.state.engine, manager), scope_for("/api/session", cookie))
+            for kind in (
+                "bare route",
+                "FastAPI idiom",
+                "+ AtomicMiddleware",
+                "+ the web session",
+            )
+        }
+        rows["the shop's GET /api/session"] = (shop, scope_for("/api/session", cookie))
+        rows["Starlette cookie session (baseline)"] = (
+            popular,
+            scope_for("/api/session", popular_cookie),
+        )
+        return await interleaved(rows)
+
+
+async def interleaved(rows: dict[str, tuple[ASGIApp, dict[str, Any]]]) -> list[tuple[str, float]]:
+    for app, scope in rows.values():
+        await per_request(app, scope, max(REQUESTS // 3, 1))
+    gc.collect()
+    gc.freeze()
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(ROUNDS):
+        for name, (app, scope) in rows.items():
+            times[name].append(await per_request(app, scope, REQUESTS))
+    return [(name, statistics.median(values)) for name, values in times.items()]
+
+
+metadata = MetaData()
+counters = Table(
+    "layers_counters", metadata, Column("id", Integer, primary_key=True), Column("n", Integer)
+)
+INCREMENT = update(counters).where(counters.c.id == bindparam("counter")).values(n=counters.c.n + 1)
+
+
+async def statement_costs(database_url: str) -> list[tuple[str, float]]:
+    """CPU microseconds per UPDATE inside a transaction, each way of sending it."""
+    engine = create_engine(database_url)
+    async with engine.begin() as connection:
+        await connection.run_sync(metadata.create_all)
+        await connection.execute(counters.insert().values(id=1, n=0))
+    raw = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+
+    async def raw_asyncpg(count: int) -> None:
+        async with raw.transaction():
+            for _ in range(count):
+                await raw.execute("UPDATE layers_counters SET n = n + 1 WHERE id = $1", 1)
+
+    async def async_connection(count: int) -> None:
+        async with engine.begin() as connection:
+            for _ in range(count):
+                await connection.execute(INCREMENT, {"counter": 1})
+
+    async def unit_of_work(count: int) -> None:
+        async with atomic(engine) as uow:
+            for _ in range(count):
+                await uow.db.execute(INCREMENT, {"counter": 1})
+
+    ways: dict[str, Callable[[int], Awaitable[None]]] = {
+        "raw asyncpg": raw_asyncpg,
+        "SQLAlchemy AsyncConnection": async_connection,
+        "the unit of work's AsyncSession": unit_of_work,
+    }
+    try:
+        costs: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(ROUNDS):
+            for name, way in ways.items():
+                # CPU of a transaction of 11 statements less that of one of 1: 10 statements.
+                spent = []
+                for count in (1, 11):
+                    started = time.process_time()
+                    for _ in range(50):
+                        await way(count)
+                    spent.append(time.process_time() - started)
+                costs[name].append((spent[1] - spent[0]) / 50 / 10 * 1e6)
+        return [(name, statistics.median(values)) for name, values in costs.items()]
+    finally:
+        await raw.close()
+        await engine.dispose()
+
+
+def main() -> None:
+    global ROUNDS, REQUESTS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds")
+    parser.add_argument("--requests", type=int, default=REQUESTS, help="requests a round")
+    arguments = parser.parse_args()
+    ROUNDS, REQUESTS = arguments.rounds, arguments.requests
+    databases = Databases(Path(tempfile.mkdtemp(prefix="bench-layers-")))
+    try:
+        url = databases.postgres()
+        reads = asyncio.run(session_read_layers(url))
+        statements = asyncio.run(statement_costs(databases.postgres()))
+    finally:
+        databases.drop()
+    print("| an authenticated session read, in-process | µs a request |")
+    print("| --- | ---: |")
+    for name, micros in reads:
+        print(f"| {name} | {micros:.0f} |")
+    print()
+    print("| one UPDATE in a transaction | CPU µs a statement |")
+    print("| --- | ---: |")
+    for name, micros in statements:
+        print(f"| {name} | {micros:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
