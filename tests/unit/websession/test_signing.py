@@ -53,3 +53,12 @@ def test_malformed_cookies_are_rejected(cookie: str) -> None:
 def test_an_empty_key_ring_is_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError):
         KeyRing([])
+
+
+def test_signatures_do_not_change_between_releases() -> None:
+    """A cookie signed by an earlier release must still verify after an upgrade."""
+    cookie = (
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA.SVhme_CV54YGMR7urArK3dSkSTiX3PxlwC77WJtSnEo"
+    )
+    assert KeyRing(["a fixed test key"]).sign("A" * 43) == cookie
+    assert KeyRing(["new key", "a fixed test key"]).unsign(cookie) == ("A" * 43, True)
