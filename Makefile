@@ -17,11 +17,13 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP)
 
-## Serve the shop on SQLite at http://127.0.0.1:8000 (schema upgraded, demo data loaded).
-## Plain HTTP on this machine, so the session cookie cannot be Secure here.
+## Serve the shop on SQLite at http://$(HOST):$(PORT) (schema upgraded, demo data loaded):
+## `make run PORT=8080 HOST=0.0.0.0`. Plain HTTP here, so the session cookie cannot be Secure.
+HOST ?= 127.0.0.1
+PORT ?= 8000
 run: install
 	$(BIN)/shop seed --demo
-	SHOP_COOKIE_SECURE=$${SHOP_COOKIE_SECURE:-false} $(BIN)/shop serve
+	SHOP_COOKIE_SECURE=$${SHOP_COOKIE_SECURE:-false} $(BIN)/shop serve --host $(HOST) --port $(PORT)
 
 ## Everything: lint, then every test group (PostgreSQL/Redis suites skip outside CI if absent).
 test: install lint

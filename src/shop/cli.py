@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from pydantic import ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from .settings import Settings
 
@@ -29,8 +35,52 @@ def _settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         for error in exc.errors():
-            typer.echo(f"shop: configuration error: {error['msg']}", err=True)
+            variable = "".join(f"SHOP_{str(part).upper()}" for part in error["loc"][:1])
+            where = f"{variable}: " if variable else ""
+            typer.echo(f"shop: configuration error: {where}{error['msg']}", err=True)
         raise typer.Exit(2) from exc
+
+
+@contextlib.contextmanager
+def _database(url: str) -> Iterator[None]:
+    """A database that does not answer is one line that names it, not a traceback."""
+    parsed = make_url(url)
+    shown = parsed.render_as_string(hide_password=True)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():  # checked first: the driver fails noisily in its own thread
+            typer.echo(
+                f"shop: the database at {shown} cannot be opened: no folder {folder}", err=True
+            )
+            raise typer.Exit(1)
+    try:
+        yield
+    except (OSError, DBAPIError) as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        typer.echo(f"shop: the database at {shown} did not answer: {reason}", err=True)
+        raise typer.Exit(1) from exc
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"shop {version('fastapi-atomic')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what happens (migrations, pools).")
+    ] = False,
+) -> None:
+    """The shop: a reference service for fastapi-atomic."""
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 @app.command()
@@ -45,8 +95,17 @@ def serve(
     from .db.migrate import upgrade_sync
 
     settings = _settings()
+    if workers > 1 and settings.session_store == "memory":
+        typer.echo(
+            "shop: SHOP_SESSION_STORE=memory keeps web sessions in one process; with "
+            f"--workers {workers} a session would be known to one worker only. Use "
+            "SHOP_SESSION_STORE=sql (the default) or redis.",
+            err=True,
+        )
+        raise typer.Exit(2)
     settings.signing_keys()  # fail or create the development key before workers fork
-    upgrade_sync(settings.database_url)
+    with _database(settings.database_url):
+        upgrade_sync(settings.database_url)
     uvicorn.run(
         "shop.cli:serving_app",
         factory=True,
@@ -79,7 +138,9 @@ def db_upgrade() -> None:
     """Apply pending migrations (Alembic), nothing else."""
     from .db.migrate import upgrade_sync
 
-    upgrade_sync(_settings().database_url)
+    url = _settings().database_url
+    with _database(url):
+        upgrade_sync(url)
     typer.echo("database schema is up to date")
 
 
@@ -93,8 +154,9 @@ def seed(demo: Annotated[bool, typer.Option("--demo", help="Demo data.")] = Fals
         typer.echo("nothing to do: pass --demo", err=True)
         raise typer.Exit(2)
     settings = _settings()
-    upgrade_sync(settings.database_url)
-    created = asyncio.run(seed_demo(settings.database_url))
+    with _database(settings.database_url):
+        upgrade_sync(settings.database_url)
+        created = asyncio.run(seed_demo(settings.database_url))
     typer.echo("\n".join(f"created {what}" for what in created) or "demo data already present")
 
 
@@ -118,7 +180,9 @@ def sessions_purge() -> None:
             await store.aclose()
             await engine.dispose()
 
-    typer.echo(f"{asyncio.run(purge())} expired web sessions deleted")
+    with _database(settings.database_url):
+        purged = asyncio.run(purge())
+    typer.echo(f"{purged} expired web sessions deleted")
 
 
 @payments_app.command("reconcile")
@@ -130,19 +194,20 @@ def payments_reconcile(
     """Settle orders and deposits left pending by a crash or a gateway time-out."""
     from .app import build_engine
     from .payments import HttpGateway
-    from .reconcile import reconcile
+    from .reconcile import ReconcileReport, reconcile
 
     settings = _settings()
     if settings.payment_gateway == "fake":
         typer.echo(
             "shop: SHOP_PAYMENT_GATEWAY=fake is the simulator inside the server process, which "
-            "this command cannot ask; run `shop fake-gateway` and point "
-            "SHOP_PAYMENT_GATEWAY at it.",
+            "this command cannot ask. Set SHOP_PAYMENT_GATEWAY to the base URL of the card "
+            "gateway the server uses (for the simulator as a process: `shop fake-gateway "
+            "--port 9000`, then SHOP_PAYMENT_GATEWAY=http://127.0.0.1:9000 for both commands).",
             err=True,
         )
         raise typer.Exit(2)
 
-    async def run() -> None:
+    async def run() -> ReconcileReport:
         engine = build_engine(settings)
         gateway = HttpGateway(settings.payment_gateway)
         try:
@@ -156,8 +221,63 @@ def payments_reconcile(
         typer.echo(
             f"still pending: {len(report.still_pending)} {' '.join(report.still_pending)}".rstrip()
         )
+        return report
 
-    asyncio.run(run())
+    with _database(settings.database_url):
+        report = asyncio.run(run())
+    if report.still_pending:
+        typer.echo(
+            "shop: the gateway did not answer for every pending payment; run this again later.",
+            err=True,
+        )
+        raise typer.Exit(1)
+
+
+admin_app = typer.Typer(help="Administrators.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+
+@admin_app.command("create")
+def admin_create(
+    email: Annotated[str, typer.Option(help="The administrator's e-mail, to log in with.")],
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, help="Asked if not given."
+        ),
+    ],
+) -> None:
+    """Create an administrator (or make an existing user one, with this password)."""
+    from pydantic import TypeAdapter
+
+    from fastapi_atomic import atomic
+
+    from .api.schemas import Email, Password
+    from .app import build_engine
+    from .services.accounts import ensure_admin
+
+    try:
+        email = TypeAdapter(Email).validate_python(email)
+        password = TypeAdapter(Password).validate_python(password)
+    except ValidationError as exc:
+        typer.echo(f"shop: {exc.errors()[0]['msg']}", err=True)
+        raise typer.Exit(2) from exc
+    settings = _settings()
+
+    async def create() -> None:
+        engine = build_engine(settings)
+        try:
+            async with atomic(engine) as uow:
+                await ensure_admin(uow.db, email=email, password=password)
+        finally:
+            await engine.dispose()
+
+    with _database(settings.database_url):
+        from .db.migrate import upgrade_sync
+
+        upgrade_sync(settings.database_url)
+        asyncio.run(create())
+    typer.echo(f"administrator {email} is ready")
 
 
 @app.command("fake-gateway")
@@ -174,7 +294,7 @@ def fake_gateway(
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app(prog_name="shop")
 
 

@@ -82,3 +82,69 @@ def test_reconcile_refuses_the_in_process_simulator(tmp_path: Path) -> None:
     result = shop(tmp_path, "payments", "reconcile")
     assert result.returncode == 2
     assert "shop fake-gateway" in result.stderr
+
+
+def test_version(tmp_path: Path) -> None:
+    result = shop(tmp_path, "--version")
+    assert result.returncode == 0 and result.stdout.startswith("shop 0.")
+
+
+def test_a_configuration_error_names_the_variable(tmp_path: Path) -> None:
+    result = shop(tmp_path, "db", "upgrade", SHOP_ENV="prod")
+    assert result.returncode == 2
+    assert "SHOP_ENV" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_database_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
+    refused = "postgresql+asyncpg://shop:secret@127.0.0.1:1/shop"
+    for args in (("db", "upgrade"), ("serve",), ("seed", "--demo")):
+        result = shop(tmp_path, *args, SHOP_DATABASE_URL=refused)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines[-1].startswith("shop: the database at postgresql+asyncpg://shop:***@")
+        assert "secret" not in result.stderr and "Traceback" not in result.stderr
+    missing = f"sqlite+aiosqlite:///{tmp_path / 'no' / 'such' / 'shop.db'}"
+    result = shop(tmp_path, "db", "upgrade", SHOP_DATABASE_URL=missing)
+    assert result.returncode == 1 and "no folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_commands_are_quiet_unless_asked(tmp_path: Path) -> None:
+    quiet = shop(tmp_path, "db", "upgrade")
+    assert quiet.stderr == "" and quiet.stdout.strip() == "database schema is up to date"
+    verbose = shop(tmp_path, "-v", "db", "upgrade")
+    assert "INFO" in verbose.stderr
+
+
+def test_a_memory_store_with_several_workers_is_refused(tmp_path: Path) -> None:
+    result = shop(tmp_path, "serve", "--workers", "2", SHOP_SESSION_STORE="memory")
+    assert result.returncode == 2
+    assert "SHOP_SESSION_STORE=memory" in result.stderr and "--workers 2" in result.stderr
+
+
+def test_make_run_takes_the_port_and_host() -> None:
+    root = Path(__file__).resolve().parents[2]
+    dry = subprocess.run(
+        ["make", "-n", "run", "PORT=8123", "HOST=0.0.0.0"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "serve --host 0.0.0.0 --port 8123" in dry.stdout
+
+
+def test_admin_create(tmp_path: Path) -> None:
+    import sqlite3
+
+    created = shop(
+        tmp_path, "admin", "create", "--email", "Boss@Example.com", "--password", "x" * 12
+    )
+    assert created.returncode == 0 and "boss@example.com" in created.stdout
+    again = shop(tmp_path, "admin", "create", "--email", "boss@example.com", "--password", "y" * 12)
+    assert again.returncode == 0  # the same administrator, with the new password
+    with sqlite3.connect(tmp_path / "shop.db") as database:
+        rows = database.execute("SELECT email, role FROM users").fetchall()
+    assert rows == [("boss@example.com", "admin")]
+    refused = shop(tmp_path, "admin", "create", "--email", "boss", "--password", "x" * 12)
+    assert refused.returncode == 2 and "email" in refused.stderr

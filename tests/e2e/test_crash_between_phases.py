@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from serving import SHOP, Process, base_url, fake_gateway, shop_env, shop_server
+from serving import SHOP, Process, base_url, fake_gateway, free_port, shop_env, shop_server
 
 ADMIN = {"email": "admin@example.com", "password": "admin-password"}
 CUSTOMER = {"email": "crash@example.com", "password": "crash-password"}
@@ -123,3 +123,40 @@ def test_crash_between_phases_then_reconcile(tmp_path: Path, gateway_survives: b
         if restarted is not None:
             restarted.stop()
         gateway.kill()
+
+
+def test_reconcile_exits_non_zero_while_the_gateway_does_not_answer(tmp_path: Path) -> None:
+    """A card order whose gateway never answered stays pending; reconcile says so by its exit
+    status until the gateway answers, then settles it (nothing was charged: released)."""
+    port = free_port()
+    env = shop_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}",
+        SHOP_PAYMENT_GATEWAY=f"http://127.0.0.1:{port}",
+        SHOP_ADMIN_EMAIL=ADMIN["email"],
+        SHOP_ADMIN_PASSWORD=ADMIN["password"],
+    )
+    server = shop_server(tmp_path, env).start()
+    gateway: Process | None = None
+    try:
+        product_id = setup_shop(base_url(server))
+        client, token = log_in(base_url(server), CUSTOMER)
+        placed = client.post(
+            "/api/orders",
+            json={
+                "items": [{"product_id": product_id, "quantity": 1}],
+                "payment": {"method": "card", "card_number": "4242424242424242"},
+            },
+            headers={"X-CSRF-Token": token},
+        )
+        assert placed.status_code == 503, placed.text
+        command = [SHOP, "payments", "reconcile", "--min-age", "0"]
+        run = {"cwd": tmp_path, "env": env, "capture_output": True, "text": True, "timeout": 60}
+        down = subprocess.run(command, check=False, **run)  # type: ignore[call-overload]
+        assert down.returncode == 1 and "still pending: 1" in down.stdout, down
+        gateway = fake_gateway(tmp_path, latency_ms=0, port=port).start()
+        up = subprocess.run(command, check=False, **run)  # type: ignore[call-overload]
+        assert up.returncode == 0 and "released: 1" in up.stdout, up
+    finally:
+        server.stop()
+        if gateway is not None:
+            gateway.kill()
