@@ -73,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.admin_email and settings.admin_password:
-            await _ensure_admin(engine, settings)
+            await ensure_admin_exists(engine, settings)
         try:
             yield
         finally:
@@ -115,7 +115,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _ensure_admin(engine: AsyncEngine, settings: Settings) -> None:
+async def ensure_admin_exists(engine: AsyncEngine, settings: Settings) -> None:
+    """The administrator named by the settings exists, with their password."""
     assert settings.admin_email and settings.admin_password
     for attempt in (1, 2):
         try:

@@ -106,6 +106,10 @@ def serve(
     settings.signing_keys()  # fail or create the development key before workers fork
     with _database(settings.database_url):
         upgrade_sync(settings.database_url)
+        if settings.admin_email and settings.admin_password:
+            # Once, here, before the workers start: each then finds the administrator there,
+            # where several creating it at once on SQLite raced for its single write lock.
+            asyncio.run(_ensure_admin(settings))
     uvicorn.run(
         "shop.cli:serving_app",
         factory=True,
@@ -115,6 +119,16 @@ def serve(
         log_level="info",
         proxy_headers=False,
     )
+
+
+async def _ensure_admin(settings: Settings) -> None:
+    from .app import build_engine, ensure_admin_exists
+
+    engine = build_engine(settings)
+    try:
+        await ensure_admin_exists(engine, settings)
+    finally:
+        await engine.dispose()
 
 
 def serving_app() -> FastAPI:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serving import Process, shop_env
 
 SHOP = Path(sys.executable).with_name("shop")
 
@@ -84,3 +85,29 @@ def test_garbage_never_gets_a_500(server: str) -> None:
         assert response.status_code in (400, 422), content
         assert "detail" in response.json()
     assert httpx.post(f"{server}/api/users", content=b"x" * (2 * 1024 * 1024)).status_code == 413
+
+
+def test_several_workers_start_on_a_fresh_sqlite_database_with_an_administrator(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = shop_env(
+        f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}",
+        SHOP_ADMIN_EMAIL="boss@example.com",
+        SHOP_ADMIN_PASSWORD="boss-password",
+    )
+    server = Process(
+        [str(SHOP), "serve", "--port", str(port), "--workers", "2"],
+        env,
+        tmp_path,
+        f"http://127.0.0.1:{port}/healthz",
+    ).start(timeout=60)
+    try:
+        for _ in range(6):  # both workers answer (the kernel spreads the connections)
+            login = httpx.post(
+                f"http://127.0.0.1:{port}/api/session",
+                json={"email": "boss@example.com", "password": "boss-password"},
+            )
+            assert login.status_code == 200, login.text
+    finally:
+        server.stop()
