@@ -230,7 +230,8 @@ class Load:
 def measure(url: str, load: Load, connections: int, duration: float) -> dict[str, Any]:
     if load.body:  # unique per measurement, so a warm-up and the run never collide
         load = replace(load, body=load.body.replace("{n}", f"{uuid.uuid4().hex[:6]}-{{n}}"))
-    if shutil.which("wrk"):
+    generator = os.environ.get("BENCH_LOAD_GENERATOR") or ("wrk" if shutil.which("wrk") else "")
+    if generator == "wrk":
         return _wrk(url, load, connections, duration)
     return asyncio.run(_python_load(url, load, connections, duration))
 
@@ -268,35 +269,53 @@ def _wrk(url: str, load: Load, connections: int, duration: float) -> dict[str, A
 
 
 async def _python_load(url: str, load: Load, connections: int, duration: float) -> dict[str, Any]:
+    """What wrk does (the lua scripts), where wrk is missing: one client a connection, each
+    request as the next logged-in customer (cookie, CSRF token, account, product) in turn."""
     latencies: list[float] = []
     errors = non_2xx = 0
     counter = 0
     deadline = time.monotonic() + duration
-    limits = httpx.Limits(max_connections=connections)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
 
-        async def worker() -> None:
-            nonlocal errors, non_2xx, counter
+    def next_request() -> tuple[dict[str, str], str | None]:
+        nonlocal counter
+        counter += 1
+        headers = {**load.headers, "content-type": "application/json"}
+        body = load.body.replace("{n}", str(counter)) if load.body else None
+        if load.sessions:
+            cookie, csrf, account, email = load.sessions[counter % len(load.sessions)]
+            other = load.sessions[(counter + 1) % len(load.sessions)]
+            headers.update({"cookie": cookie, "x-csrf-token": csrf})
+            product = load.products[counter % len(load.products)] if load.products else 0
+            if body is not None:
+                body = (
+                    body.replace("{account}", str(account))
+                    .replace("{product}", str(product))
+                    .replace("{other}", str(other[2]))
+                    .replace("{email}", email)
+                )
+        return headers, body
+
+    async def worker() -> None:
+        nonlocal errors, non_2xx
+        limits = httpx.Limits(max_connections=1)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10) as client:
             while time.monotonic() < deadline:
-                counter += 1
-                body = load.body.replace("{n}", str(counter)) if load.body else None
+                headers, body = next_request()
                 started = time.monotonic()
                 try:
                     response = await client.request(
-                        load.method,
-                        load.path,
-                        content=body,
-                        headers={**load.headers, "content-type": "application/json"},
+                        load.method, load.path, content=body, headers=headers
                     )
                 except httpx.HTTPError:
                     errors += 1
                     continue
+                client.cookies.clear()  # the next request is another customer's
                 latencies.append(time.monotonic() - started)
                 non_2xx += not 200 <= response.status_code < 400
 
-        started = time.monotonic()
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = time.monotonic() - started
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    elapsed = time.monotonic() - started
     latencies.sort()
 
     def pct(p: float) -> float:
@@ -312,7 +331,7 @@ async def _python_load(url: str, load: Load, connections: int, duration: float) 
         "max_ms": pct(1.0),
         "socket_errors": errors,
         "non_2xx": non_2xx,
-        "tool": "python (wrk not installed)",
+        "tool": "python" if shutil.which("wrk") else "python (wrk not installed)",
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,3 +175,30 @@ def test_the_layers_tool_measures_every_layer(postgres_database: str) -> None:
     for layer in ("bare route", "+ AtomicMiddleware", "Starlette cookie", "raw asyncpg"):
         assert any(layer in row for row in rows), result.stdout
     assert len(rows) == 2 + 6 + 2 + 3, result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_without_wrk_the_python_load_logs_in_like_wrk(tmp_path: Path) -> None:
+    """On a machine without wrk the stand-in sends each customer's cookie and CSRF token: the
+    authenticated writes answer 201, not 401."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--only",
+            "shop transfer on sqlite",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_LOAD_GENERATOR": "python"},
+        check=True,
+        timeout=280,
+        capture_output=True,
+    )
+    rows = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+    transfer = [row for row in rows if row["scenario"] == "shop transfer on sqlite"]
+    assert transfer and all(row["tool"].startswith("python") for row in transfer)
+    assert all(row["requests"] > 0 and row["non_2xx"] == 0 for row in transfer), transfer
