@@ -27,6 +27,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,10 +46,13 @@ import httpx
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "lua"
 PYTHON = sys.executable
-POSTGRES_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+#: the servers to make throw-away databases (and key prefixes) on: BENCH_*, else the tests' own
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL") or os.environ.get(
+    "TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 )
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL") or os.environ.get(
+    "TEST_REDIS_URL", "redis://127.0.0.1:6379/0"
+)
 SECRET = "bench-secret-key-" + "b" * 40
 #: the shop as `shop serve` runs it: built from the SHOP_* environment, then frozen out of the
 #: garbage collector (gc.freeze(), which moved there from the app's start-up in ededa7a)
@@ -176,6 +180,16 @@ def migrate(url: str) -> None:
     upgrade_sync(url)
 
 
+def _die_with_parent() -> None:
+    """In the server's process, before it runs: the kernel ends it when the benchmark's process
+    ends, however that ends (a SIGKILL too), so no server outlives its run."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class Server:
     def __init__(self, target: str, env: dict[str, str], factory: bool, workdir: Path) -> None:
         self.port = free_port()
@@ -190,6 +204,7 @@ class Server:
                 cwd=workdir,
                 stdout=log,
                 stderr=log,
+                preexec_fn=_die_with_parent,
             )
 
     def wait(self, path: str) -> None:
@@ -732,14 +747,14 @@ def bare_load(kind: str) -> Callable[[str, str, int], Load]:
     on the same database (the bare app has no sign-up or log-in of its own)."""
 
     def make(url: str, database_url: str, users: int) -> Load:
-        workdir = Path(tempfile.mkdtemp(prefix="bench-bare-"))
-        shop = Server(SHOP_APP, shop_env(database_url, "sql", {}), True, workdir)
-        try:
-            shop.wait("/healthz")
-            make_load = transfer_load if kind == "transfer" else checkout_load(kind)
-            return make_load(shop.url, database_url, users)
-        finally:
-            shop.stop()
+        with tempfile.TemporaryDirectory(prefix="bench-bare-") as workdir:
+            shop = Server(SHOP_APP, shop_env(database_url, "sql", {}), True, Path(workdir))
+            try:
+                shop.wait("/healthz")
+                make_load = transfer_load if kind == "transfer" else checkout_load(kind)
+                return make_load(shop.url, database_url, users)
+            finally:
+                shop.stop()
 
     return make
 
@@ -919,6 +934,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
+    # A SIGTERM (a test's time-out, a CI job cancelled) unwinds like an exception: the servers
+    # stop, the databases are dropped and the temporary folder goes, as after a normal run.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     duration = 1.0 if args.quick else args.duration
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
@@ -979,6 +997,10 @@ def main(argv: list[str] | None = None) -> int:
         windows=windows,
     )
     return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def judge_targets(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -108,16 +111,41 @@ def test_only_runs_the_baselines_of_the_targets_it_selects(bench: ModuleType) ->
         assert run.JUDGED_AT in measured.connection_counts, target
 
 
-@pytest.mark.timeout(300)  # every scenario once, servers started one by one: ~2 min here
-def test_quick_benchmark_run(bench: ModuleType, tmp_path: Path) -> None:
-    run = bench
-    subprocess.run(
-        [sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
+def run_benchmark(args: list[str], capsys: pytest.CaptureFixture[str], seconds: float) -> None:
+    """``python -m bench.run ARGS``, its progress shown as it goes (not held until the end);
+    past ``seconds`` it is stopped with SIGTERM, so that it stops its servers, drops its
+    databases and removes its folders before it exits."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", *args],
         cwd=ROOT,
-        check=True,
-        timeout=600,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
+    deadline = time.monotonic() + seconds
+    timer = threading.Timer(seconds, process.terminate)
+    timer.start()
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with capsys.disabled():
+                print(f"  bench: {line.rstrip()}", flush=True)
+        process.wait(timeout=60)
+    finally:
+        timer.cancel()
+        if process.poll() is None:
+            process.kill()
+    assert time.monotonic() < deadline, f"the benchmark took more than {seconds} s; stopped"
+    assert process.returncode == 0, process.returncode
+
+
+@pytest.mark.timeout(600)
+def test_quick_benchmark_run(
+    bench: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every scenario once, servers started one by one (~2 to 3 min on 2 cores)."""
+    run = bench
+    run_benchmark(["--quick", "--out", str(tmp_path)], capsys, seconds=540)
     results = json.loads((tmp_path / "latest.json").read_text())
     rows = results["scenarios"]
     report = (tmp_path / "latest.md").read_text()
@@ -178,27 +206,70 @@ def test_the_layers_tool_measures_every_layer(postgres_database: str) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_without_wrk_the_python_load_logs_in_like_wrk(tmp_path: Path) -> None:
+def test_without_wrk_the_python_load_logs_in_like_wrk(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a machine without wrk the stand-in sends each customer's cookie and CSRF token: the
     authenticated writes answer 201, not 401."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--quick",
-            "--only",
-            "shop transfer on sqlite",
-            "--out",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        env={**os.environ, "BENCH_LOAD_GENERATOR": "python"},
-        check=True,
-        timeout=280,
-        capture_output=True,
-    )
+    monkeypatch.setenv("BENCH_LOAD_GENERATOR", "python")
+    only = ["--quick", "--only", "shop transfer on sqlite", "--out", str(tmp_path)]
+    run_benchmark(only, capsys, seconds=240)
     rows = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
     transfer = [row for row in rows if row["scenario"] == "shop transfer on sqlite"]
     assert transfer and all(row["tool"].startswith("python") for row in transfer)
     assert all(row["requests"] > 0 and row["non_2xx"] == 0 for row in transfer), transfer
+
+
+@pytest.mark.timeout(300)
+def test_a_stopped_benchmark_leaves_nothing_behind(postgres_database: str) -> None:
+    """SIGTERM mid-run (a time-out, a cancelled job): its servers, databases and folders go."""
+    from sqlalchemy import create_engine, text
+
+    admin = create_engine(
+        postgres_database.replace("+asyncpg", "+psycopg").rsplit("/", 1)[0] + "/postgres"
+    )
+
+    def bench_databases() -> set[str]:
+        with admin.connect() as connection:
+            names = connection.execute(
+                text("SELECT datname FROM pg_database WHERE datname LIKE 'bench_%'")
+            )
+            return {name for (name,) in names}
+
+    folders_before = set(Path(tempfile.gettempdir()).glob("bench-*"))
+    databases_before = bench_databases()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", tempfile.mkdtemp()],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    for line in process.stdout:  # until it has made a PostgreSQL database and runs a server
+        if line.startswith("done  shop session read, sql store on postgres"):
+            break
+    deadline = time.monotonic() + 30
+    while not (children := child_processes(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the next scenario's server is about to start
+    assert children, "no server running"
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM
+    assert all(not Path(f"/proc/{pid}").exists() for pid in children)
+    assert bench_databases() == databases_before
+    assert set(Path(tempfile.gettempdir()).glob("bench-*")) <= folders_before
+    admin.dispose()
+
+
+def child_processes(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc: no psutil needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
