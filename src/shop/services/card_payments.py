@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from sqlalchemy import bindparam, select, update
@@ -48,18 +49,35 @@ class Purchase(Protocol):
     async def give_up(self, db: AsyncSession) -> None: ...
 
 
-def new_payment_key(purpose: str) -> str:
-    """A key for a payment whose request came without an Idempotency-Key."""
-    return f"{purpose}_{uuid.uuid4().hex}"
-
-
-async def find_payment(db: AsyncSession, key: str) -> Payment | None:
-    """The payment an earlier attempt of the same request reserved, if any."""
-    payment: Payment | None = await db.scalar(select(Payment).where(Payment.gateway_key == key))
-    return payment
-
-
 async def reserve(
+    uow: UnitOfWork,
+    *,
+    client_key: str | None,
+    purpose: str,
+    hold: Callable[[AsyncSession, str], Awaitable[Payment]],
+) -> Payment:
+    """Phase 1, committed at once: ``hold(db, key)`` holds what is bought and adds its pending
+    payment (:func:`add_payment`) under ``key``.
+
+    ``client_key`` is the key derived from the client's Idempotency-Key: a retry of the same
+    request finds the payment its first attempt reserved, and goes on from there. Without one,
+    the key is new, and nothing can have been reserved under it before.
+    """
+    key = client_key or f"{purpose}_{uuid.uuid4().hex}"
+
+    async def phase(db: AsyncSession) -> Payment:
+        if client_key is not None:
+            earlier: Payment | None = await db.scalar(
+                select(Payment).where(Payment.gateway_key == key)
+            )
+            if earlier is not None:
+                return earlier
+        return await hold(db, key)
+
+    return await uow.run_phase(phase)
+
+
+async def add_payment(
     db: AsyncSession,
     *,
     key: str,
@@ -67,6 +85,7 @@ async def reserve(
     order_id: int | None = None,
     deposit_id: int | None = None,
 ) -> Payment:
+    """The pending payment of an order or a deposit, under the key the gateway will be sent."""
     payment = Payment(gateway_key=key, amount=amount, order_id=order_id, deposit_id=deposit_id)
     db.add(payment)
     await db.flush()

@@ -30,19 +30,14 @@ async def deposit(
     payment_key: str | None,
 ) -> Deposit:
     await owned_account(uow.db, user_id=user_id, account_id=account_id)
-    key = payment_key or card_payments.new_payment_key("deposit")
 
-    async def reserve(db: AsyncSession) -> Payment:
-        if payment_key is not None:  # a client's retry may find its first attempt's payment
-            earlier = await card_payments.find_payment(db, key)
-            if earlier is not None:
-                return earlier
+    async def hold(db: AsyncSession, key: str) -> Payment:
         record = Deposit(account_id=account_id, amount=amount, status="pending")
         db.add(record)
         await db.flush()
-        return await card_payments.reserve(db, key=key, amount=amount, deposit_id=record.id)
+        return await card_payments.add_payment(db, key=key, amount=amount, deposit_id=record.id)
 
-    payment = await uow.run_phase(reserve)
+    payment = await card_payments.reserve(uow, client_key=payment_key, purpose="deposit", hold=hold)
     assert payment.deposit_id is not None
     purchase = DepositPurchase(payment.deposit_id)
     await card_payments.collect(uow, gateway, payment, card_number=card_number, purchase=purchase)

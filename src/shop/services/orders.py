@@ -89,22 +89,19 @@ async def checkout_with_card(
     payment_key: str | None,
 ) -> Order:
     """Reserve (order pending, stock taken), charge, settle: see :mod:`.card_payments`."""
-    key = payment_key or card_payments.new_payment_key("order")
 
-    async def reserve(db: AsyncSession) -> Payment:
-        if payment_key is not None:  # a client's retry may find its first attempt's payment
-            earlier = await card_payments.find_payment(db, key)
-            if earlier is not None:
-                return earlier
+    async def hold(db: AsyncSession, key: str) -> Payment:
         items = await _priced_items(db, lines)
         order = await _place_order(
             db, user_id, items, status="pending", payment_method="card", payment_key=key
         )
-        payment = await card_payments.reserve(db, key=key, amount=order.total, order_id=order.id)
+        payment = await card_payments.add_payment(
+            db, key=key, amount=order.total, order_id=order.id
+        )
         await _take_stock(db, order.items)
         return payment
 
-    payment = await uow.run_phase(reserve)
+    payment = await card_payments.reserve(uow, client_key=payment_key, purpose="order", hold=hold)
     assert payment.order_id is not None
     purchase = OrderPurchase(payment.order_id)
     await card_payments.collect(uow, gateway, payment, card_number=card_number, purchase=purchase)
