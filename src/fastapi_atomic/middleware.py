@@ -41,7 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .dependencies import UNIT_OF_WORK
 from .exceptions import ReplayResponse, ServiceUnavailable
 from .metrics import AtomicMetrics
-from .retry import CONNECTION_LOST, Backoff, retry_reason
+from .retry import CONNECTION_LOST, Backoff, database_unavailable, retry_reason
 from .unit_of_work import CapturedResponse, SqlAlchemyUnitOfWork
 
 if TYPE_CHECKING:
@@ -150,8 +150,13 @@ class AtomicMiddleware:
                         attempt += 1
                         continue
                     self.metrics.outcome("retries_exhausted").inc()
+                    lost = reason == CONNECTION_LOST
                     await _send_json(
-                        send, 503, "The request kept conflicting with others; try again."
+                        send,
+                        503,
+                        "The database connection was lost; try again."
+                        if lost
+                        else "The request kept conflicting with others; try again.",
                     )
                     return
                 detail = _unavailable_detail(exc)
@@ -274,14 +279,15 @@ class _Responder:
         # idempotency record (which captured the body) stores them.
         headers = list(start.get("headers", [])) if body is not None else []
         self.uow._response = CapturedResponse(status, headers, body)
-        if status < self.rollback_status:
+        committed = status < self.rollback_status
+        if committed:
             await self._commit()
-            self.uow._apply_response_headers(start)
             self.metrics.outcome("committed").inc()
         else:
             await self.uow._rollback()
             self.metrics.rollback("error_status").inc()
             self.metrics.outcome("rolled_back").inc()
+        self.uow._apply_response_headers(start, committed=committed)
         self.started = True
 
     async def _commit(self) -> None:
@@ -311,19 +317,23 @@ def _unavailable_detail(exc: BaseException) -> str | None:
         return exc.detail
     if isinstance(exc, PoolTimeout):
         return "The database is busy (no free connection); try again."
+    if database_unavailable(exc):
+        logger.warning("the database did not answer (%s); the client gets a 503", exc)
+        return "The database did not answer; try again."
     return None
+
+
+#: seconds a client is told to wait before it tries again after a 503
+RETRY_AFTER = b"1"
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:
     body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", RETRY_AFTER))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

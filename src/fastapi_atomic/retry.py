@@ -1,8 +1,11 @@
-"""Which database errors are worth re-running a whole request for, and how long to wait.
+"""Which database errors are worth re-running a whole request for, how long to wait, and
+which say that the database is not there at all.
 
 PostgreSQL's advice for serialization failures and deadlocks is to retry the complete
 transaction, including the logic that chose its statements; SQLite's "database is locked"
-is the same situation for a single-writer database once its busy timeout ran out.
+is the same situation for a single-writer database once its busy timeout ran out. A database
+that refuses connections, is starting up or shutting down, answers nothing worth re-running
+the request for at once: the client is told to come back (503).
 """
 
 from __future__ import annotations
@@ -53,6 +56,31 @@ def _reason_of(exc: BaseException) -> str | None:
     ):
         return DATABASE_LOCKED
     return None
+
+
+#: connection exceptions (class 08) and the server going away or not ready yet (57P01-57P03)
+_UNAVAILABLE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+_SQLITE_UNAVAILABLE = ("unable to open database file", "disk I/O error")
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database cannot be reached or used now."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        orig = current.orig if isinstance(current, DBAPIError) else current
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if isinstance(code, str) and code.startswith(_UNAVAILABLE_SQLSTATES):
+            return True
+        if isinstance(orig, OSError):  # refused, reset, unreachable: no server to talk to
+            return True
+        if type(orig).__name__ == "OperationalError" and any(
+            text in str(orig) for text in _SQLITE_UNAVAILABLE
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,8 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         self._phases_committed = 0
         self._committed = False
         self._rolled_back = False
+        #: the response depends on the client's session (see :meth:`_keep_private`)
+        self._private = False
         #: hold the response start until the body is known (an idempotency record stores it)
         self._capture_response = False
         #: the response as the handler produced it, once known
@@ -342,12 +344,24 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
             except Exception:
                 logger.exception("right-after-commit hook %r failed", fill)
 
-    def _apply_response_headers(self, start: MutableMapping[str, Any]) -> None:
-        if not self._header_hooks:
+    def _keep_private(self) -> None:
+        """The response depends on the client's session: no cache may store it, and a cache
+        must not hand it to another client (``Cache-Control: no-store``, ``Vary: Cookie``),
+        whatever its status."""
+        self._private = True
+
+    def _apply_response_headers(self, start: MutableMapping[str, Any], *, committed: bool) -> None:
+        """Add the hooks' headers (a committed response's only) to the response's start."""
+        hooks = self._header_hooks if committed else []
+        if not hooks and not self._private:
             return  # most responses: no headers object to build
         headers = MutableHeaders(scope=start)
-        for hook in self._header_hooks:
+        for hook in hooks:
             hook(headers)
+        if self._private:
+            headers["cache-control"] = "no-store"
+            if "cookie" not in headers.get("vary", "").lower():
+                headers.append("vary", "Cookie")
 
     async def _rollback(self) -> None:
         """Undo the transaction and run the on-rollback hooks (each failure only logged)."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -112,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     return app
 
 
@@ -139,4 +143,18 @@ async def _ping_database(engine: AsyncEngine) -> None:
 
 
 async def _shop_error(_request: Request, exc: ShopError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, without echoing an input that JSON cannot carry (a number too large
+    for a float, a lone surrogate): the answer to bad input must never fail itself."""
+    errors = []
+    for error in jsonable_encoder(exc.errors()):
+        try:
+            json.dumps(error, allow_nan=False, ensure_ascii=False).encode()
+        except (ValueError, UnicodeEncodeError):
+            error = {key: value for key, value in error.items() if key not in ("input", "ctx")}
+        errors.append(error)
+    return JSONResponse({"detail": errors}, status_code=422)

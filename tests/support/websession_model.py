@@ -87,7 +87,7 @@ class WebSessionMachine(RuleBasedStateMachine):
             if commit:
                 await uow._commit()
                 message: dict[str, Any] = {"type": "http.response.start", "headers": []}
-                uow._apply_response_headers(message)
+                uow._apply_response_headers(message, committed=True)
                 for name, value in message["headers"]:
                     if name == b"set-cookie":
                         cookie = value.decode().split(";")[0].split("=", 1)[1]

@@ -20,11 +20,17 @@ from .cache import RecordCache
 logger = logging.getLogger("fastapi_atomic.websession")
 
 
+class TriggerMissing(Exception):
+    """The table has no change trigger: nothing would tell the cache of a change."""
+
+
 class InvalidationFeed:
     """Runs a subscription in the background, reconnecting, and evicts what it is told."""
 
     heartbeat = 5.0
     reconnect_delay = 1.0
+    #: seconds between looks for a trigger found missing (a migration not run yet)
+    missing_trigger_delay = 60.0
 
     def __init__(self, cache: RecordCache) -> None:
         self.cache = cache
@@ -63,6 +69,11 @@ class InvalidationFeed:
                         self.cache.on_message(change)
             except asyncio.CancelledError:
                 raise
+            except TriggerMissing as exc:
+                logger.warning("web-session cache off: %s", exc)
+                self.cache.go_dark()
+                await asyncio.sleep(self.missing_trigger_delay)
+                continue
             except Exception as exc:
                 logger.warning("web-session cache feed lost (%s); reading the store meanwhile", exc)
             finally:
@@ -74,11 +85,17 @@ class InvalidationFeed:
 
 
 class PostgresFeed(InvalidationFeed):
-    """LISTEN on its own asyncpg connection (outside the app's pool) for the trigger's NOTIFYs."""
+    """LISTEN on its own asyncpg connection (outside the app's pool) for the trigger's NOTIFYs.
 
-    def __init__(self, cache: RecordCache, engine: AsyncEngine, channel: str) -> None:
+    It goes live only once it has found the trigger, checked on every (re)connection: the
+    database may not answer when the app starts, and a cache without the trigger's messages
+    would serve sessions that changed.
+    """
+
+    def __init__(self, cache: RecordCache, engine: AsyncEngine, channel: str, trigger: str) -> None:
         super().__init__(cache)
         self.channel = channel
+        self.trigger = trigger
         url = engine.url.set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
 
@@ -88,6 +105,12 @@ class PostgresFeed(InvalidationFeed):
 
         raw = await asyncpg.connect(self._dsn, timeout=self.heartbeat)
         try:
+            query = "SELECT count(*) FROM pg_trigger WHERE tgname = $1"
+            if not await raw.fetchval(query, self.trigger):
+                raise TriggerMissing(
+                    f"trigger {self.trigger} is missing: create it in a migration "
+                    "(postgres_notify_trigger); the cache stays off until it is there"
+                )
             queue: asyncio.Queue[str | None] = asyncio.Queue()
 
             def on_notify(_connection: Any, _pid: int, _channel: str, change: str) -> None:

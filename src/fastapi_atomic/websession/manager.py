@@ -71,6 +71,7 @@ class WebSessionManager:
         websession = WebSession(self, uow, cookie, user_agent)
         scope[WEBSESSION] = websession
         uow._before_commit(websession._save)
+        uow._keep_private()
         return websession
 
     def expires_at(self, record: SessionRecord) -> float:

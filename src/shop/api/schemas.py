@@ -8,13 +8,29 @@ from typing import Annotated, Literal
 from fastapi import Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+def storable(text: str) -> str:
+    """Text a database can keep: no NUL (PostgreSQL refuses it) and no lone surrogate (no
+    encoding can carry it). Refused as bad input (422), never a failure of the database."""
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return text
+
+
+Text = AfterValidator(storable)
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), Text]
 Email = Annotated[EmailStr, AfterValidator(lambda value: value.lower())]
-Password = Annotated[str, Field(min_length=8, max_length=128)]
+Password = Annotated[str, Field(min_length=8, max_length=128), Text]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: unknown fields refused, and no coercion ("100" or true is not 100)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SignUp(StrictModel):
@@ -47,8 +63,10 @@ PathId = Annotated[int, Path(gt=0, le=2**31 - 1)]
 
 
 class ProductIn(StrictModel):
-    sku: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    sku: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), Text]
+    name: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Text
+    ]
     price: Annotated[int, Field(ge=0, le=100_000_000)]
     stock: Annotated[int, Field(ge=0, le=1_000_000_000)]
 

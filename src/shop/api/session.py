@@ -15,7 +15,7 @@ from shop.services import accounts
 from shop.services.passwords import verify_password
 
 from .deps import Csrf, CurrentUser, LoginThrottleDep, SessionUser
-from .schemas import Email, StrictModel
+from .schemas import Email, StrictModel, Text
 
 router = APIRouter(tags=["session"])
 
@@ -26,7 +26,7 @@ class TooManyAttempts(ShopError):
 
 class Login(StrictModel):
     email: Email
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    password: Annotated[str, Field(min_length=1, max_length=1024), Text]
 
 
 class UserOut(BaseModel):

@@ -679,3 +679,23 @@ async def test_ids_the_database_cannot_hold_are_422(new_shopper: NewShopper, pat
     deposit_path = path.replace("/api/orders/", "/api/accounts/") + "/deposits"
     response = await shopper.post(deposit_path, {"amount": 1, "card_number": OK_CARD})
     assert response.status_code == 422
+
+
+@pytest.mark.parametrize("amount", ['"100"', "true", "100.0", "1e400", "-1e400", '"1e400"'])
+async def test_amounts_are_integers_not_things_that_look_like_them(
+    new_shopper: NewShopper, amount: str
+) -> None:
+    """No coercion of a string, a boolean or a float; a number too large for a float is a 422
+    too (its echo in the error must not break the answer)."""
+    shopper: Shopper = await new_shopper()
+    other: Shopper = await new_shopper()
+    body = (
+        f'{{"from_account_id": {shopper.account_id}, '
+        f'"to_account_id": {other.account_id}, "amount": {amount}}}'
+    )
+    response = await shopper.client.post(
+        "/api/transfers",
+        content=body,
+        headers={**shopper.headers(), "content-type": "application/json"},
+    )
+    assert response.status_code == 422, response.text

@@ -302,3 +302,23 @@ async def test_redis_down_is_a_clear_503(sqlite_url: str) -> None:
         ready = await browser.get("/readyz")
         assert ready.status_code == 503
         assert "session store" in ready.json()["detail"]
+
+
+async def test_responses_that_depend_on_the_session_are_never_cached(
+    app: FastAPI, new_shopper: Callable[..., Any]
+) -> None:
+    shopper: Shopper = await new_shopper()
+    for response in (
+        await shopper.get("/api/session"),  # the CSRF token is in it
+        await shopper.get("/api/orders"),
+        await shopper.get("/api/accounts"),
+    ):
+        assert response.headers["cache-control"] == "no-store", response.request.url
+        assert response.headers["vary"] == "Cookie"
+    async with client_for(app) as anonymous:
+        refused = await anonymous.get("/api/orders")  # a 401 depends on the cookie too
+        assert refused.status_code == 401
+        assert refused.headers["cache-control"] == "no-store"
+        assert refused.headers["vary"] == "Cookie"
+        catalogue = await anonymous.get("/api/products")  # the same for everyone
+        assert "vary" not in catalogue.headers and "cache-control" not in catalogue.headers

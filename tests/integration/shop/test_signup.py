@@ -141,3 +141,22 @@ async def test_workers_starting_together_all_come_up(postgres_url: str) -> None:
     settings = make_settings(postgres_url, admin_email="together@example.com")
     async with contextlib.AsyncExitStack() as stack:
         await asyncio.gather(*(stack.enter_async_context(running(settings)) for _ in range(4)))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"name": "A\\u0000B", "email": "nul@example.com", "password": "a good password"}',
+        '{"name": "\\ud800", "email": "sur@example.com", "password": "a good password"}',
+        '{"name": "A", "email": "pw@example.com", "password": "a good \\udfff password"}',
+    ],
+    ids=["nul", "lone-surrogate", "surrogate-in-password"],
+)
+async def test_text_no_database_can_keep_is_a_422(client: httpx.AsyncClient, body: str) -> None:
+    response = await client.post(
+        "/api/users",
+        content=body,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert "detail" in response.json()

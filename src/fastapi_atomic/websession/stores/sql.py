@@ -24,7 +24,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy import text as sql_text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
@@ -149,18 +148,8 @@ class SqlStore(WebSessionStore):
         if engine.dialect.name != "postgresql":
             logger.info("web-session cache off: it needs PostgreSQL's LISTEN/NOTIFY")
             return
-        async with engine.connect() as connection:
-            found = await connection.scalar(
-                sql_text("SELECT count(*) FROM pg_trigger WHERE tgname = :name"),
-                {"name": trigger_name(self.table)},
-            )
-        if not found:
-            logger.warning(
-                "web-session cache off: trigger %s is missing (see postgres_notify_trigger)",
-                trigger_name(self.table),
-            )
-            return
-        self._feed = PostgresFeed(self.cache, engine, notify_channel(self.table))
+        trigger = trigger_name(self.table)
+        self._feed = PostgresFeed(self.cache, engine, notify_channel(self.table), trigger)
         await self._feed.start()
 
     async def aclose(self) -> None:
