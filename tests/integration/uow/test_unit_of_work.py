@@ -474,3 +474,15 @@ async def test_a_connection_killed_mid_transaction_leaves_nothing_half_done(
     assert harness.hooks == ["wrote", "wrote"]  # the whole request ran again
     assert await harness.names() == ["once"]  # the re-run's row only; nothing half-done
     assert harness.count(harness.metrics.retries, reason="connection_lost") == 1
+
+
+async def test_a_failed_statement_never_shows_its_bound_values(harness: Harness) -> None:
+    """A unique violation carried an e-mail: its error, and so its logged traceback, must not."""
+    secret = "customer-secret@example.com"
+    async with harness.engine.begin() as connection:
+        await connection.execute(insert(items).values(name=secret))
+    with pytest.raises(IntegrityError) as raised:
+        async with harness.engine.begin() as connection:
+            await connection.execute(insert(items).values(name=secret))
+    assert secret not in str(raised.value)
+    assert "parameters hidden" in str(raised.value)
