@@ -11,11 +11,11 @@ serve; a request waits at most ``pool_timeout`` seconds for a connection, then g
 SQLite needs three things to serve concurrent requests: WAL (readers never block the writer),
 a busy timeout (a writer waits instead of failing at once) and ``BEGIN IMMEDIATE`` for
 transactions that will write (so two writers never both hold a read lock and deadlock on the
-upgrade, which no busy timeout can resolve).
+upgrade, which no busy timeout can resolve). The driver's own transaction handling is turned
+off so that SAVEPOINTs work, as the SQLAlchemy documentation recommends.
 
 Bound values never reach a log: ``hide_parameters`` is on, so a failed statement's error (and
-its traceback in the server log) shows the SQL, not the e-mail or password hash it carried. The driver's own transaction handling is turned off
-so that SAVEPOINTs work, as the SQLAlchemy documentation recommends.
+its traceback in the server log) shows the SQL, not the e-mail or password hash it carried.
 """
 
 from __future__ import annotations

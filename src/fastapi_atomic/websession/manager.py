@@ -25,7 +25,11 @@ class WebSessionManager:
     websessions=manager)``; its store then starts and stops with the app.
 
     Timeouts follow the OWASP Session Management Cheat Sheet: an idle timeout and an absolute
-    timeout, both checked on the server. The cookie's Max-Age is only a hint to the browser.
+    timeout, both checked on the server; the cookie has no Max-Age. A request writes its
+    session's ``last_seen_at`` only once per ``touch_interval`` (a write per request would make
+    every page view a database write), so the stored time lags the last request by up to that
+    interval; the idle allowance counts it in. A session thus ends no sooner than
+    ``idle_timeout`` after its last request, and no later than one touch interval after that.
     """
 
     def __init__(
@@ -53,7 +57,11 @@ class WebSessionManager:
         self.secure = secure
         self.samesite = samesite
         self.clock = clock
-        store.configure(idle_timeout=idle_timeout, absolute_timeout=absolute_timeout, clock=clock)
+        #: how long after its stored ``last_seen_at`` a session stays alive
+        self.idle_allowance = idle_timeout + self.touch_interval
+        store.configure(
+            idle_timeout=self.idle_allowance, absolute_timeout=absolute_timeout, clock=clock
+        )
 
     def open(self, scope: Scope, uow: SqlAlchemyUnitOfWork) -> WebSession:
         """The request's WebSession, made on first use (not loaded yet): a request that never
@@ -75,7 +83,7 @@ class WebSessionManager:
         return websession
 
     def expires_at(self, record: SessionRecord) -> float:
-        return record.expires_at(self.idle_timeout, self.absolute_timeout)
+        return record.expires_at(self.idle_allowance, self.absolute_timeout)
 
     def is_expired(self, record: SessionRecord) -> bool:
         return self.expires_at(record) <= self.clock()

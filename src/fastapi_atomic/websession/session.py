@@ -156,10 +156,21 @@ class WebSession(MutableMapping[str, JSON]):
 
     @property
     def expires_at(self) -> float | None:
+        """When the session ends unless used again: as it will be once this request is saved
+        (a request that writes, or whose touch is due, moves its idle clock to now)."""
         self._require_loaded()
         if not self.is_live or self._record is None:
             return None
-        return self._manager.expires_at(self._record)
+        record = self._record
+        now = self._manager.clock()
+        if self._created or self._changes or self._touch_due(now):
+            record = record.copy()
+            record.last_seen_at = now
+        return self._manager.expires_at(record)
+
+    def _touch_due(self, now: float) -> bool:
+        assert self._record is not None
+        return now - self._record.last_seen_at >= self._manager.touch_interval
 
     def regenerate(self) -> None:
         """A new id and CSRF token, the data kept; the old id is dead once this commits."""
@@ -288,8 +299,7 @@ class WebSession(MutableMapping[str, JSON]):
             await store.create(store_key(self._id), record, self._uow)
             self._set_cookie("set")
             return
-        touch_due = now - self._record.last_seen_at >= self._manager.touch_interval
-        if (self._changes or touch_due) and not await self._write_changes(now):
+        if (self._changes or self._touch_due(now)) and not await self._write_changes(now):
             return
         if self._resign:
             self._set_cookie("set")

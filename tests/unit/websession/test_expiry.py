@@ -1,8 +1,12 @@
-"""The absolute timeout counts from the session's start, whatever happened to its id since."""
+"""When a web session ends: the absolute clock, and the idle clock of a session touched only
+once per touch interval."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from fastapi_atomic import AtomicMiddleware, create_engine
@@ -51,3 +55,70 @@ async def test_regenerating_does_not_restart_the_absolute_clock() -> None:
         now[0] += 99  # 258 s after the session began: past the absolute timeout
         assert (await client.get("/live")).json() is False
     await engine.dispose()
+
+
+IDLE, TOUCH = 100.0, 30.0
+
+
+@pytest.fixture
+async def idle_client() -> AsyncIterator[tuple[httpx.AsyncClient, list[float]]]:
+    """A session app whose clock the test moves, with an idle timeout and a touch interval."""
+    now = [1_000_000.0]
+    manager = WebSessionManager(
+        MemoryStore(),
+        ["k" * 32],
+        idle_timeout=IDLE,
+        absolute_timeout=10_000,
+        touch_interval=TOUCH,
+        secure=False,
+        clock=lambda: now[0],
+    )
+    engine = create_engine("sqlite+aiosqlite://")
+    app = FastAPI()
+    app.add_middleware(AtomicMiddleware, engine=engine, websessions=manager)
+
+    @app.post("/start")
+    async def start(websession: WebSessionDep) -> None:
+        websession.login("1")
+
+    @app.get("/expires")
+    async def expires(websession: WebSessionDep) -> float | None:
+        return websession.expires_at
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        yield client, now
+    await engine.dispose()
+
+
+async def _expires(client: httpx.AsyncClient) -> float | None:
+    value: float | None = (await client.get("/expires")).json()
+    return value
+
+
+async def test_a_session_lives_its_idle_timeout_after_every_request(
+    idle_client: tuple[httpx.AsyncClient, list[float]],
+) -> None:
+    """A request between two touches writes nothing; the session must still live a full idle
+    timeout after it (it ended up to one touch interval early)."""
+    client, now = idle_client
+    await client.post("/start")
+    now[0] += TOUCH - 1  # a request whose touch is not due: last_seen_at stays as stored
+    last_request = now[0]
+    reported = await _expires(client)
+    assert reported is not None and reported >= last_request + IDLE
+    now[0] = last_request + IDLE - 0.5
+    assert await _expires(client) is not None  # alive a whole idle timeout later
+
+
+async def test_the_reported_expiry_is_the_one_after_this_requests_touch(
+    idle_client: tuple[httpx.AsyncClient, list[float]],
+) -> None:
+    client, now = idle_client
+    await client.post("/start")
+    now[0] += TOUCH + 1  # this request's touch is due
+    asked_at = now[0]
+    reported = await _expires(client)
+    assert reported is not None and reported >= asked_at + IDLE
+    now[0] = reported + 0.5  # no request meanwhile: it ended when it said it would
+    assert await _expires(client) is None
