@@ -127,7 +127,7 @@ async def ensure_admin_exists(engine: AsyncEngine, settings: Settings) -> None:
             async with atomic(engine) as uow:
                 await ensure_admin(
                     uow.db,
-                    email=settings.admin_email.lower(),
+                    email=settings.admin_email,
                     password=settings.admin_password.get_secret_value(),
                 )
             return

@@ -266,8 +266,8 @@ def admin_create(
 
     from fastapi_atomic import atomic
 
-    from .api.schemas import Email, Password
     from .app import build_engine
+    from .fields import Email, Password
     from .services.accounts import ensure_admin
 
     try:

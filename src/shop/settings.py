@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .fields import Email
+
 logger = logging.getLogger("shop")
 
 DEV_SECRET_FILE = Path(".shop-secret-key")
@@ -28,7 +30,8 @@ class Settings(BaseSettings):
     cookie_secure: bool = True
     session_idle_timeout: int = Field(1800, gt=0)
     session_absolute_timeout: int = Field(43200, gt=0)
-    admin_email: str | None = None
+    #: validated as the log-in form validates it, so the administrator can always log in
+    admin_email: Email | None = None
     admin_password: SecretStr | None = None
     payment_gateway: str = "fake"
     fake_gateway_latency_ms: int = Field(0, ge=0)

@@ -6,25 +6,9 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-
-def storable(text: str) -> str:
-    """Text a database can keep: no NUL (PostgreSQL refuses it) and no lone surrogate (no
-    encoding can carry it). Refused as bad input (422), never a failure of the database."""
-    if "\x00" in text:
-        raise ValueError("must not contain a NUL character")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
-    return text
-
-
-Text = AfterValidator(storable)
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), Text]
-Email = Annotated[EmailStr, AfterValidator(lambda value: value.lower())]
-Password = Annotated[str, Field(min_length=8, max_length=128), Text]
+from shop.fields import Email, Name, Password, Text
 
 
 class StrictModel(BaseModel):

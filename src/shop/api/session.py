@@ -11,11 +11,12 @@ from pydantic import BaseModel, Field
 from fastapi_atomic import DBDep
 from fastapi_atomic.websession import WebSessionDep
 from shop.errors import NotAuthenticated, ShopError
+from shop.fields import Email, Text
 from shop.services import accounts
 from shop.services.passwords import verify_password
 
 from .deps import Csrf, CurrentUser, LoginThrottleDep, SessionUser
-from .schemas import Email, StrictModel, Text
+from .schemas import StrictModel
 
 router = APIRouter(tags=["session"])
 

@@ -55,3 +55,14 @@ def test_timeouts_must_be_positive_numbers(monkeypatch: pytest.MonkeyPatch, valu
     monkeypatch.setenv("SHOP_SESSION_IDLE_TIMEOUT", value)
     with pytest.raises(ValidationError):
         Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("email", ["admin@x.test", "admin@localhost", "not an e-mail"])
+def test_the_admin_email_follows_the_log_in_forms_rule(email: str) -> None:
+    """An administrator created with an address the log-in form refuses could never log in."""
+    with pytest.raises(ValidationError, match="admin_email"):
+        make(admin_email=email)
+
+
+def test_the_admin_email_is_kept_lower_cased_like_every_users() -> None:
+    assert make(admin_email="Admin@Example.COM").admin_email == "admin@example.com"
