@@ -9,7 +9,11 @@ Follows draft-ietf-httpapi-idempotency-key-header and Stripe's practice:
 - a final outcome is stored even when it is an error (a declined payment's 402), but a request
   that changed nothing and may well succeed later (409, 422, 429, 401, 403) releases the key;
 - the same key with a different request is 422; keys live for ``ttl`` seconds;
-- a key left locked by a crashed request is taken over once its lease ran out.
+- a 5xx that changed nothing is not final either (the key is released); a request that ended
+  in an exception or a failed COMMIT after a phase committed keeps its key, unlocked, so the
+  client's retry runs at once and finishes what the first attempt began;
+- a repeat while the first still runs is 409 with ``Retry-After`` saying when its lease ends;
+  a key left locked by a process that died is taken over then.
 
 Usage: give the keys to the middleware, and claim the request's key in a dependency of the
 app's own, which knows who owns it (keys are per user)::
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -146,7 +151,7 @@ class IdempotencyKeys:
                     raise
             finally:
                 await db.close()
-        raise HTTPException(409, f"A request with this {self.header} is in progress.")
+        raise self._in_progress(retry_after=1)
 
     async def _try_claim(self, db: AsyncSession, request_id: str, claimed: IdempotencyKey) -> bool:
         t = self.table
@@ -185,15 +190,21 @@ class IdempotencyKeys:
         if row["locked_by"] == request_id:
             return True  # our own earlier attempt, re-run after a serialization failure
         if row["locked_until"] is not None and row["locked_until"] > now:
-            raise HTTPException(
-                409, f"A request with this {self.header} is still in progress; retry later."
-            )
+            raise self._in_progress(retry_after=row["locked_until"] - now)
         taken = await db.execute(
             update(t)
             .where(where & (t.c.locked_by == row["locked_by"]))
             .values(locked_by=request_id, locked_until=now + self.lease_seconds)
         )
         return bool(getattr(taken, "rowcount", 0))
+
+    def _in_progress(self, *, retry_after: float) -> HTTPException:
+        seconds = max(1, math.ceil(retry_after))
+        return HTTPException(
+            409,
+            f"A request with this {self.header} is still in progress; retry in {seconds} s.",
+            headers={"Retry-After": str(seconds)},
+        )
 
     # --- finishing -----------------------------------------------------------------
 
@@ -206,27 +217,32 @@ class IdempotencyKeys:
     async def _after_rollback(self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey) -> None:
         response = uow._response
         effects = not uow._can_retry
+        t = self.table
+        ours = (
+            (t.c.owner == claimed.owner)
+            & (t.c.key == claimed.key)
+            & (t.c.locked_by == uow._request_id)
+        )
         if response is None or response.status < 400:
-            # An exception, or the COMMIT itself failed: nothing final to store.
-            if effects:
-                return  # a phase did commit: the lease runs out and a retry takes over
-            release = True
+            # An exception or a failed COMMIT: nothing final. The request has ended, so a retry
+            # may run at once: the key is released, or, when a phase committed, kept (with its
+            # fingerprint) but unlocked, and the retry takes over from there.
+            statement = (
+                update(t).where(ours).values(locked_until=self.clock())
+                if effects
+                else delete(t).where(ours)
+            )
+        elif not effects and (response.status in RELEASE_STATUSES or response.status >= 500):
+            statement = delete(t).where(ours)
         else:
-            release = response.status in RELEASE_STATUSES and not effects
+            statement = None
         db = uow._independent_session()
         try:
             async with db.begin():
-                if release:
-                    t = self.table
-                    await db.execute(
-                        delete(t).where(
-                            (t.c.owner == claimed.owner)
-                            & (t.c.key == claimed.key)
-                            & (t.c.locked_by == uow._request_id)
-                        )
-                    )
-                else:
+                if statement is None:
                     await self._write_response(db, uow, claimed)
+                else:
+                    await db.execute(statement)
         finally:
             await db.close()
 

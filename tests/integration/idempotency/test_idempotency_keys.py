@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -50,6 +51,8 @@ class World:
     clock: Clock
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     entered: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the handler answers 503 (a backing service down) while this is set
+    unavailable: bool = False
 
     async def effect_count(self) -> int:
         async with self.engine.connect() as connection:
@@ -88,6 +91,8 @@ def build_app(world: World) -> FastAPI:
             raise HTTPException(402, "declined")
         if body.get("outcome") == "conflict":
             raise HTTPException(409, "try again later")
+        if world.unavailable:
+            raise HTTPException(503, "a service did not answer")
         assert result.inserted_primary_key is not None
         return {"id": int(result.inserted_primary_key[0]), "name": body["name"]}
 
@@ -175,6 +180,7 @@ async def test_repeat_while_the_first_runs_is_409_or_waits(world: World) -> None
     else:
         assert repeat_response.status_code == 409
         assert "in progress" in repeat_response.json()["detail"]
+        assert repeat_response.headers["retry-after"] == "30"  # the lease, on a frozen clock
     assert await world.effect_count() == 1
 
 
@@ -204,16 +210,51 @@ async def test_a_conflict_releases_the_key(world: World) -> None:
     assert await world.effect_count() == 0
 
 
-async def test_a_key_locked_by_a_crash_is_taken_over_after_its_lease(world: World) -> None:
+async def test_a_request_that_failed_after_a_phase_is_taken_over_at_once(world: World) -> None:
+    """It ended: its retry need not wait for the lease (it used to be 409 for the whole lease)."""
     async with client(world) as c:
         crashed = await c.post("/phase-then-crash", headers=key("p"))
         assert crashed.status_code == 500
-        blocked = await c.post("/phase-then-crash", headers=key("p"))
-        assert blocked.status_code == 409
-        world.clock.now += 31
         taken_over = await c.post("/phase-then-crash", headers=key("p"))
     assert taken_over.status_code == 500  # the handler ran again (and crashed again)
     assert await world.effect_count() == 2
+
+
+async def test_a_key_held_by_a_process_that_died_says_when_to_retry(world: World) -> None:
+    """Nothing ended the lease: the repeat is a 409 with Retry-After, then takes over."""
+    fingerprint = hashlib.sha256(b"POST\x00/phase-then-crash\x00\x00").hexdigest()
+    async with world.engine.begin() as connection:
+        await connection.execute(
+            insert(keys_table).values(
+                owner="alice",
+                key="dead",
+                fingerprint=fingerprint,
+                locked_by="a-request-of-a-dead-process",
+                locked_until=world.clock.now + 12.5,
+                created_at=world.clock.now,
+                expires_at=world.clock.now + 3600,
+            )
+        )
+    async with client(world) as c:
+        blocked = await c.post("/phase-then-crash", headers=key("dead"))
+        assert blocked.status_code == 409
+        assert blocked.headers["retry-after"] == "13"
+        world.clock.now += 13
+        taken_over = await c.post("/phase-then-crash", headers=key("dead"))
+    assert taken_over.status_code == 500  # it ran
+    assert await world.effect_count() == 1
+
+
+async def test_a_5xx_that_changed_nothing_is_not_kept(world: World) -> None:
+    """A 503 says "try again": replaying it for a day would make that a lie."""
+    world.unavailable = True
+    async with client(world) as c:
+        first = await c.post("/effects", json={"name": "a"}, headers=key("u"))
+        assert first.status_code == 503
+        world.unavailable = False
+        again = await c.post("/effects", json={"name": "a"}, headers=key("u"))
+    assert again.status_code == 201
+    assert await world.effect_count() == 1
 
 
 async def test_keys_expire(world: World) -> None:
