@@ -154,9 +154,12 @@ class AtomicMiddleware:
                     await _send_json(
                         send,
                         503,
-                        "The database connection was lost; try again."
-                        if lost
-                        else "The request kept conflicting with others; try again.",
+                        uow._failure_detail
+                        or (
+                            "The database connection was lost; try again."
+                            if lost
+                            else "The request kept conflicting with others; try again."
+                        ),
                     )
                     return
                 detail = _unavailable_detail(exc)
@@ -164,7 +167,7 @@ class AtomicMiddleware:
                     self.metrics.outcome("error").inc()
                     raise
                 self.metrics.outcome("unavailable").inc()
-                await _send_json(send, 503, detail)
+                await _send_json(send, 503, uow._failure_detail or detail)
                 return
             await uow._close()
             if uow._after_commit_hooks[0]:
@@ -307,7 +310,7 @@ class _Responder:
             elif detail is None:
                 logger.exception("commit failed; the client gets a 503")
                 detail = "The request could not be saved; nothing was changed. Try again."
-            raise _Unavailable(detail) from exc
+            raise _Unavailable(self.uow._failure_detail or detail) from exc
         if self.uow._session is not None:
             self.metrics.commits.inc()
 

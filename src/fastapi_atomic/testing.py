@@ -51,6 +51,8 @@ class FakeUnitOfWork(UnitOfWork):
         #: times a read-only transaction was given back before an outside call
         self.releases = 0
         self.isolation_level: IsolationLevel | None = None
+        #: what a failure from now on would tell the client (set_failure_detail)
+        self.failure_detail: str | None = None
         self._on_commit: list[Hook] = []
         self._on_rollback: list[Hook] = []
 
@@ -84,6 +86,9 @@ class FakeUnitOfWork(UnitOfWork):
 
     def on_rollback(self, hook: Hook) -> None:
         self._on_rollback.append(hook)
+
+    def set_failure_detail(self, detail: str) -> None:
+        self.failure_detail = detail
 
     async def set_isolation_level(self, level: IsolationLevel) -> None:
         self.isolation_level = level

@@ -82,6 +82,15 @@ class UnitOfWork(abc.ABC):
         """
 
     @abc.abstractmethod
+    def set_failure_detail(self, detail: str) -> None:
+        """What the client is told (a 503) if the request fails from now on without commit.
+
+        By default that 503 says nothing was changed. After an effect outside the transaction
+        (a card charged), that is false: say what did happen and what will, e.g. "The card
+        was charged; the order will be completed shortly."
+        """
+
+    @abc.abstractmethod
     async def set_isolation_level(self, level: IsolationLevel) -> None:
         """Run the transaction at ``level``; call it before the first write."""
 
@@ -201,6 +210,8 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         self._capture_response = False
         #: the response as the handler produced it, once known
         self._response: CapturedResponse | None = None
+        #: the 503's detail if the request fails without commit (see set_failure_detail)
+        self._failure_detail: str | None = None
 
     # --- what routes use ---------------------------------------------------------------
 
@@ -256,6 +267,9 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
 
     def on_rollback(self, hook: Hook) -> None:
         self._on_rollback_hooks.append(hook)
+
+    def set_failure_detail(self, detail: str) -> None:
+        self._failure_detail = detail
 
     async def set_isolation_level(self, level: IsolationLevel) -> None:
         # A transaction that has only read so far (loading the web session, say) is ended and

@@ -70,7 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = build_engine(settings)
     store = build_session_store(settings)
     gateway = build_gateway(
-        settings.payment_gateway, fake_latency_ms=settings.fake_gateway_latency_ms
+        settings.payment_gateway,
+        fake_latency_ms=settings.fake_gateway_latency_ms,
+        timeout=settings.payment_gateway_timeout,
     )
 
     @asynccontextmanager

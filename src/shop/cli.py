@@ -223,7 +223,7 @@ def payments_reconcile(
 
     async def run() -> ReconcileReport:
         engine = build_engine(settings)
-        gateway = HttpGateway(settings.payment_gateway)
+        gateway = HttpGateway(settings.payment_gateway, timeout=settings.payment_gateway_timeout)
         try:
             age = settings.reconcile_min_age if min_age is None else min_age
             report = await reconcile(engine, gateway, min_age_seconds=age)

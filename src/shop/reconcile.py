@@ -1,10 +1,12 @@
 """`shop payments reconcile`: settle what a crash or a gateway time-out left pending.
 
-For each pending card payment older than ``min_age`` seconds, ask the gateway by the key the
-charge was (or would have been) made with: a charge that happened settles the order or deposit;
-a decline, or no charge at all, releases it (stock back, deposit failed). A gateway that does not
-answer leaves it pending for the next run. Each payment is a unit of work of its own, settled
-or released by the same code as the request that left it (:mod:`.services.card_payments`).
+For each pending card payment older than ``min_age`` seconds whose charge is not in flight (no
+request holds its lease), ask the gateway by the key the charge was (or would have been) made
+with: a charge that happened settles the order or deposit; a decline, or no charge at all,
+releases it (stock back, deposit failed), unless a request took the lease meanwhile. A gateway
+that does not answer leaves it pending for the next run. Each payment is a unit of work of its
+own, settled or released by the same code as the request that left it
+(:mod:`.services.card_payments`).
 """
 
 from __future__ import annotations
@@ -34,22 +36,31 @@ async def reconcile(
     engine: AsyncEngine, gateway: PaymentGateway, *, min_age_seconds: float = 300
 ) -> ReconcileReport:
     report = ReconcileReport()
-    cutoff = utcnow() - timedelta(seconds=min_age_seconds)
+    now = utcnow()
+    cutoff = now - timedelta(seconds=min_age_seconds)
     async with atomic(engine) as uow:
         pending = (
             await uow.db.execute(
-                select(Payment.gateway_key, Payment.order_id, Payment.deposit_id)
+                select(
+                    Payment.gateway_key,
+                    Payment.order_id,
+                    Payment.deposit_id,
+                    Payment.charging_until,
+                )
                 .where(Payment.status == "pending", Payment.created_at <= cutoff)
                 .order_by(Payment.id)
             )
         ).all()
-    for key, order_id, deposit_id in pending:
+    for key, order_id, deposit_id, charging_until in pending:
         purchase: card_payments.Purchase
         if order_id is not None:
             label, purchase = f"order {order_id}", OrderPurchase(order_id)
         else:
             assert deposit_id is not None  # a payment is for an order or for a deposit
             label, purchase = f"deposit {deposit_id}", DepositPurchase(deposit_id)
+        if charging_until is not None and charging_until > now:
+            report.still_pending.append(f"{label} (being charged)")
+            continue
         try:
             charge = await gateway.lookup(key)
         except GatewayError:
@@ -60,6 +71,8 @@ async def reconcile(
                 await card_payments.settle(uow.db, key, charge, purchase)
                 report.settled.append(label)
             else:
-                await card_payments.release(uow.db, key, charge, purchase)
-                report.released.append(label)
+                if await card_payments.release(uow.db, key, charge, purchase, unless_leased=True):
+                    report.released.append(label)
+                else:
+                    report.still_pending.append(label)
     return report

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     admin_email: Email | None = None
     admin_password: SecretStr | None = None
     payment_gateway: str = "fake"
+    #: seconds the HTTP gateway client waits for each answer
+    payment_gateway_timeout: float = Field(5.0, gt=0, le=60)
     fake_gateway_latency_ms: int = Field(0, ge=0)
     max_body_size: int = Field(1024 * 1024, gt=0)
     db_pool_size: int = Field(10, gt=0)

@@ -157,6 +157,8 @@ class Payment(Base):
     decline_code: Mapped[str | None] = mapped_column(String(64))
     order_id: Mapped[int | None] = mapped_column(ForeignKey("orders.id"), index=True)
     deposit_id: Mapped[int | None] = mapped_column(ForeignKey("deposits.id"), index=True)
+    #: while in the future, a request is charging the card: reconcile leaves the payment alone
+    charging_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -7,11 +7,13 @@ from .gateway import ChargeResult, GatewayError, GatewayTimeout, PaymentGateway
 from .http import HttpGateway
 
 
-def build_gateway(setting: str, *, fake_latency_ms: int = 0) -> PaymentGateway:
+def build_gateway(
+    setting: str, *, fake_latency_ms: int = 0, timeout: float = 5.0
+) -> PaymentGateway:
     """``fake`` runs the simulator in-process; anything else is the base URL of a gateway."""
     if setting == "fake":
         return FakeGateway(latency_ms=fake_latency_ms)
-    return HttpGateway(setting)
+    return HttpGateway(setting, timeout=timeout)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import FastAPI, Header, HTTPException
@@ -38,6 +39,10 @@ class FakeGateway:
     charges: list[tuple[str, int]] = field(default_factory=list)
     _faults: list[_Fault] = field(default_factory=list)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @property
+    def charge_lease(self) -> timedelta:
+        return timedelta(seconds=2 * self.latency_ms / 1000 + 1)
 
     def fail_next(self, times: int = 1, *, after_charge: bool = False) -> None:
         """Make the next ``times`` charges time out, before or after the charge is recorded."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal, Protocol
 
 
@@ -23,6 +24,11 @@ class GatewayTimeout(GatewayError):
 
 
 class PaymentGateway(Protocol):
+    #: the longest a charge and the look-up after a failed one can take together: how long a
+    #: request holds its payment's lease while it charges
+    @property
+    def charge_lease(self) -> timedelta: ...
+
     async def charge(self, *, amount: int, card_number: str, idempotency_key: str) -> ChargeResult:
         """Charge once per key: a repeated key returns the first result and charges nothing."""
         ...

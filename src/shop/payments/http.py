@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 
 from .gateway import ChargeResult, GatewayError, GatewayTimeout
@@ -22,6 +24,8 @@ class HttpGateway:
             base_url=base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0))
         )
         self._connect_retries = connect_retries
+        # A charge and a look-up, each within the time-out, and a second to spare.
+        self.charge_lease = timedelta(seconds=2 * timeout + 1)
 
     async def charge(self, *, amount: int, card_number: str, idempotency_key: str) -> ChargeResult:
         response = await self._send(

@@ -1,6 +1,6 @@
 """Paying by card with no transaction open during the charge: one flow for orders and deposits.
 
-    reserve    phase: what is bought held ('pending'), and its payment 'pending'    commit
+    reserve    phase: what is bought held ('pending'), its payment 'pending', leased   commit
     charge     gateway.charge(idempotency_key=the payment's key)              no transaction
     settle     the payment 'succeeded', the purchase completed, in the request's transaction
     or release phase: the payment 'declined' or 'failed', the purchase given up      commit
@@ -10,24 +10,43 @@ takeover after a crash or ``shop payments reconcile`` can never charge twice. Th
 is the state machine: settling and releasing each move it out of 'pending' with a conditional
 UPDATE, so of the request and a reconcile run whichever comes first wins, and the other does
 nothing.
+
+While a request charges, it holds the payment's lease (``charging_until``): reconcile leaves a
+leased payment alone, so it never releases a purchase whose charge is still in flight. The
+request ends the lease when it stops without settling; a process that dies leaves it to run
+out (the gateway's ``charge_lease``).
+
+When the card was charged but the request's transaction then fails (its COMMIT, or the
+database going away), the client is told so, not "nothing was changed", and the purchase is
+settled in the background (or, if the process dies first, by reconcile).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_atomic import UnitOfWork
-from shop.db.models import Payment, table
+from shop.db.models import Payment, table, utcnow
 from shop.errors import GatewayUnavailable, PaymentDeclined
 from shop.payments import ChargeResult, GatewayError, PaymentGateway
 
+logger = logging.getLogger("shop")
+
 payments = table(Payment)
+
+#: what the client is told when the card was charged but the request could not be saved
+CHARGED_NOT_SAVED = (
+    "The card was charged, but the purchase could not be saved yet; it will be completed "
+    "shortly, and nothing more will be charged."
+)
 
 #: a pending payment ended, under its key; no row changed: it was not pending any more
 _END_PENDING = (
@@ -38,6 +57,16 @@ _END_PENDING = (
         charge_id=bindparam("charge_id"),
         decline_code=bindparam("decline_code"),
     )
+)
+#: the same, only if no request holds the payment's lease (reconcile taking it over)
+_END_UNLEASED = _END_PENDING.where(
+    or_(payments.c.charging_until.is_(None), payments.c.charging_until <= bindparam("now"))
+)
+#: the lease taken again by a retry that goes on with a pending payment, or ended
+_LEASE = (
+    update(payments)
+    .where(payments.c.gateway_key == bindparam("key"), payments.c.status == "pending")
+    .values(charging_until=bindparam("until"))
 )
 
 
@@ -51,6 +80,7 @@ class Purchase(Protocol):
 
 async def reserve(
     uow: UnitOfWork,
+    gateway: PaymentGateway,
     *,
     client_key: str | None,
     purpose: str,
@@ -71,6 +101,14 @@ async def reserve(
                 select(Payment).where(Payment.gateway_key == key)
             )
             if earlier is not None:
+                if earlier.status == "pending":
+                    # Going on with it: hold its lease again, unless reconcile ended it first.
+                    until = utcnow() + gateway.charge_lease
+                    leased = await db.execute(_LEASE, {"key": key, "until": until})
+                    if leased.rowcount:  # type: ignore[attr-defined]
+                        earlier.charging_until = until
+                    else:
+                        await db.refresh(earlier)
                 return earlier
         return await hold(db, key)
 
@@ -82,11 +120,18 @@ async def add_payment(
     *,
     key: str,
     amount: int,
+    gateway: PaymentGateway,
     order_id: int | None = None,
     deposit_id: int | None = None,
 ) -> Payment:
     """The pending payment of an order or a deposit, under the key the gateway will be sent."""
-    payment = Payment(gateway_key=key, amount=amount, order_id=order_id, deposit_id=deposit_id)
+    payment = Payment(
+        gateway_key=key,
+        amount=amount,
+        order_id=order_id,
+        deposit_id=deposit_id,
+        charging_until=utcnow() + gateway.charge_lease,  # the request charges it next
+    )
     db.add(payment)
     await db.flush()
     return payment
@@ -104,16 +149,26 @@ async def collect(
 
     On a decline, or a gateway failure that charged nothing, the payment is released in a phase
     of its own (the purchase given up) and the client told why. When the gateway cannot say
-    whether it charged, the payment stays pending for ``shop payments reconcile``.
+    whether it charged, the payment stays pending, its lease ended, for
+    ``shop payments reconcile``.
     """
     if payment.status == "succeeded":
         return  # settled by an earlier attempt of the same request
+    if payment.status == "failed":
+        raise GatewayUnavailable(
+            "An earlier attempt of this request failed at the payment gateway and was cancelled; "
+            "nothing was charged. Send it again with a new Idempotency-Key."
+        )
     if payment.status != "pending":
-        raise PaymentDeclined("The card was declined.")
+        raise PaymentDeclined(f"The card was declined ({payment.decline_code or 'declined'}).")
     result = await _charge_or_find(gateway, payment, card_number)
     if result is _UNKNOWN:
+        await uow.run_phase(
+            lambda db: db.execute(_LEASE, {"key": payment.gateway_key, "until": None})
+        )
         raise GatewayUnavailable(
-            "The payment gateway did not answer; the payment is pending and will be settled."
+            "The payment gateway did not answer. If the card was charged, the purchase will be "
+            "completed; if not, it is cancelled. Nothing more will be charged."
         )
     if result is _NO_CHARGE:
         await uow.run_phase(lambda db: release(db, payment.gateway_key, None, purchase))
@@ -122,7 +177,30 @@ async def collect(
     if result.status != "succeeded":
         await uow.run_phase(lambda db: release(db, payment.gateway_key, result, purchase))
         raise PaymentDeclined(f"The card was declined ({result.decline_code or 'declined'}).")
+    # Charged: from here on a failure must not say "nothing was changed", and the purchase is
+    # completed in the background if the request's transaction cannot be committed.
+    uow.set_failure_detail(CHARGED_NOT_SAVED)
+    uow.on_rollback(lambda: _settle_later(uow, payment.gateway_key, result, purchase))
     await settle(uow.db, payment.gateway_key, result, purchase)
+
+
+#: settles running in the background, kept so that they are not garbage-collected mid-way
+_settling: set[asyncio.Task[None]] = set()
+
+
+def _settle_later(uow: UnitOfWork, key: str, charge: ChargeResult, purchase: Purchase) -> None:
+    """The request that charged could not commit its settle: settle in a transaction of its own,
+    after the client got its answer. If this fails too, reconcile settles once the lease ends."""
+
+    async def run() -> None:
+        try:
+            await uow.run_phase(lambda db: settle(db, key, charge, purchase))
+        except Exception:
+            logger.exception("settling payment %s failed; reconcile will settle it", key)
+
+    task = asyncio.get_running_loop().create_task(run())
+    _settling.add(task)
+    task.add_done_callback(_settling.discard)
 
 
 async def settle(db: AsyncSession, key: str, charge: ChargeResult, purchase: Purchase) -> bool:
@@ -134,15 +212,21 @@ async def settle(db: AsyncSession, key: str, charge: ChargeResult, purchase: Pur
 
 
 async def release(
-    db: AsyncSession, key: str, charge: ChargeResult | None, purchase: Purchase
+    db: AsyncSession,
+    key: str,
+    charge: ChargeResult | None,
+    purchase: Purchase,
+    *,
+    unless_leased: bool = False,
 ) -> bool:
     """The payment declined (or failed, ``charge`` None) and the purchase given up; False if it
-    was no longer pending."""
+    was no longer pending (or, ``unless_leased``, a request is charging it)."""
     ended = await _end_pending(
         db,
         key,
         status="failed" if charge is None else "declined",
         decline_code=charge.decline_code if charge is not None else None,
+        unless_leased=unless_leased,
     )
     if not ended:
         return False
@@ -157,6 +241,7 @@ async def _end_pending(
     status: str,
     charge_id: str | None = None,
     decline_code: str | None = None,
+    unless_leased: bool = False,
 ) -> bool:
     parameters = {
         "key": key,
@@ -164,7 +249,10 @@ async def _end_pending(
         "charge_id": charge_id,
         "decline_code": decline_code,
     }
-    ended = await db.execute(_END_PENDING, parameters)
+    if unless_leased:
+        ended = await db.execute(_END_UNLEASED, {**parameters, "now": utcnow()})
+    else:
+        ended = await db.execute(_END_PENDING, parameters)
     return bool(ended.rowcount)  # type: ignore[attr-defined]
 
 

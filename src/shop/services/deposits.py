@@ -35,9 +35,13 @@ async def deposit(
         record = Deposit(account_id=account_id, amount=amount, status="pending")
         db.add(record)
         await db.flush()
-        return await card_payments.add_payment(db, key=key, amount=amount, deposit_id=record.id)
+        return await card_payments.add_payment(
+            db, key=key, amount=amount, gateway=gateway, deposit_id=record.id
+        )
 
-    payment = await card_payments.reserve(uow, client_key=payment_key, purpose="deposit", hold=hold)
+    payment = await card_payments.reserve(
+        uow, gateway, client_key=payment_key, purpose="deposit", hold=hold
+    )
     assert payment.deposit_id is not None
     purchase = DepositPurchase(payment.deposit_id)
     await card_payments.collect(uow, gateway, payment, card_number=card_number, purchase=purchase)

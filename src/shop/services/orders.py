@@ -27,7 +27,7 @@ from sqlalchemy.orm import selectinload
 
 from fastapi_atomic import ConcurrentChange, UnitOfWork
 from shop.db.models import Order, OrderItem, Payment, Product, table
-from shop.errors import Conflict, NotFound
+from shop.errors import Conflict, NotFound, Unprocessable
 from shop.payments import PaymentGateway
 
 from . import card_payments
@@ -95,13 +95,20 @@ async def checkout_with_card(
         order = await _place_order(
             db, user_id, items, status="pending", payment_method="card", payment_key=key
         )
+        if order.total == 0:
+            raise Unprocessable(
+                "This order costs nothing, so there is nothing to charge to a card; "
+                "pay it from an account."
+            )
         payment = await card_payments.add_payment(
-            db, key=key, amount=order.total, order_id=order.id
+            db, key=key, amount=order.total, gateway=gateway, order_id=order.id
         )
         await _take_stock(db, order.items)
         return payment
 
-    payment = await card_payments.reserve(uow, client_key=payment_key, purpose="order", hold=hold)
+    payment = await card_payments.reserve(
+        uow, gateway, client_key=payment_key, purpose="order", hold=hold
+    )
     assert payment.order_id is not None
     purchase = OrderPurchase(payment.order_id)
     await card_payments.collect(uow, gateway, payment, card_number=card_number, purchase=purchase)
@@ -125,11 +132,12 @@ class OrderPurchase:
 
 
 async def get_order(db: AsyncSession, *, user_id: int, order_id: int) -> Order:
-    """An order of the user. Failed ones are kept for the record but are not the user's orders:
-    after a failed checkout the user's orders are exactly as before."""
+    """A paid order of the user. Failed ones are kept for the record, and pending ones (a card
+    payment whose outcome is not known yet) are not settled: neither is one of the user's
+    orders, so after a failed checkout the user's orders are exactly as before."""
     order = await db.scalar(
         select(Order)
-        .where(Order.id == order_id, Order.user_id == user_id, Order.status != "failed")
+        .where(Order.id == order_id, Order.user_id == user_id, Order.status == "paid")
         .options(selectinload(Order.items))
         # As stored now, even if this session holds it: its status moves by UPDATE statements.
         .execution_options(populate_existing=True)
@@ -142,7 +150,7 @@ async def get_order(db: AsyncSession, *, user_id: int, order_id: int) -> Order:
 async def list_orders(db: AsyncSession, *, user_id: int) -> list[Order]:
     result = await db.scalars(
         select(Order)
-        .where(Order.user_id == user_id, Order.status != "failed")
+        .where(Order.user_id == user_id, Order.status == "paid")
         .options(selectinload(Order.items))
         .order_by(Order.created_at.desc(), Order.id.desc())
     )

@@ -28,6 +28,7 @@ from shop_testing import (
     snapshot,
 )
 from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 
 from shop.db.models import Order, OrderItem, Payment
 from shop.payments import FakeGateway, GatewayTimeout
@@ -425,12 +426,15 @@ async def test_gateway_timeout_after_the_charge_is_settled_by_reconcile(
     response = await order(shopper, [(mug, 2)], card())
     gateway.lookup = gateway_lookup  # type: ignore[method-assign]
     assert response.status_code == 503
+    assert "If the card was charged" in response.json()["detail"]
     assert gateway.total_charged == 2000  # the gateway did charge
-    pending = (await shopper.get("/api/orders")).json()
-    assert [o["status"] for o in pending] == ["pending"]
+    # Not one of the user's orders while its outcome is unknown; its stock is held.
+    assert (await shopper.get("/api/orders")).json() == []
+    assert (await shopper.get("/api/products")).json()[0]["stock"] == 3
 
+    # The request ended its lease when it gave up: reconcile need not wait for it.
     report = await reconcile(app.state.engine, gateway, min_age_seconds=0)
-    assert report.settled == [f"order {pending[0]['id']}"]
+    assert len(report.settled) == 1
     assert [o["status"] for o in (await shopper.get("/api/orders")).json()] == ["paid"]
     assert gateway.total_charged == 2000
     again = await reconcile(app.state.engine, gateway, min_age_seconds=0)
@@ -498,22 +502,28 @@ async def test_a_price_that_changed_during_checkout_reruns_it_at_the_new_price(
     assert [o["id"] for o in (await shopper.get("/api/orders")).json()] == [created.json()["id"]]
 
 
-async def test_reconcile_settling_the_order_while_the_gateway_answers_charges_once(
+@pytest.mark.parametrize("when", ["before", "after"])
+async def test_reconcile_leaves_a_payment_alone_while_its_charge_is_in_flight(
     app: FastAPI,
     admin: Shopper,
     new_shopper: NewShopper,
     gateway: FakeGateway,
+    when: str,
 ) -> None:
-    # A reconcile run finds the charge and settles the order between the charge and phase 2:
-    # the checkout finds it no longer pending, and answers the order as reconcile left it.
+    # A reconcile run with no minimum age, just before the gateway sees the charge (it would
+    # find no charge and release the order: stock back, yet the card then charged) or just
+    # after: the request holds the payment's lease, and reconcile touches neither.
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 1000, 5)
     real_charge = gateway.charge
 
     async def charge_then_reconcile(**kwargs: Any) -> Any:
+        if when == "before":
+            report = await reconcile(app.state.engine, gateway, min_age_seconds=0)
         result = await real_charge(**kwargs)
-        report = await reconcile(app.state.engine, gateway, min_age_seconds=0)
-        assert len(report.settled) == 1
+        if when == "after":
+            report = await reconcile(app.state.engine, gateway, min_age_seconds=0)
+        assert report.settled == report.released == []
         return result
 
     gateway.charge = charge_then_reconcile  # type: ignore[method-assign]
@@ -524,6 +534,55 @@ async def test_reconcile_settling_the_order_while_the_gateway_answers_charges_on
     assert gateway.total_charged == 1000
     assert (await shopper.get("/api/session")).json()["order_ids"] == [created.json()["id"]]
     assert [o["status"] for o in (await shopper.get("/api/orders")).json()] == ["paid"]
+
+
+async def test_a_card_charged_then_not_saved_is_told_so_and_completed(
+    app: FastAPI,
+    admin: Shopper,
+    new_shopper: NewShopper,
+    gateway: FakeGateway,
+) -> None:
+    """The settle's COMMIT fails after the card was charged: the 503 says the card was charged,
+    the order is completed in the background, and a retry with the key gets it, charging
+    nothing more."""
+    shopper: Shopper = await new_shopper()
+    mug = await add_product(admin, "mug", 1000, 5)
+    real_charge, fail_next_commit = gateway.charge, False
+
+    async def charge(**kwargs: Any) -> Any:
+        nonlocal fail_next_commit
+        result = await real_charge(**kwargs)
+        fail_next_commit = True
+        return result
+
+    def commit(connection: Any) -> None:
+        nonlocal fail_next_commit
+        if fail_next_commit:
+            fail_next_commit = False
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
+
+    gateway.charge = charge  # type: ignore[method-assign]
+    event.listen(app.state.engine.sync_engine, "commit", commit)
+    key = {"Idempotency-Key": "charged-not-saved"}
+    try:
+        response = await order(shopper, [(mug, 2)], card(), **key)
+    finally:
+        event.remove(app.state.engine.sync_engine, "commit", commit)
+        gateway.charge = real_charge  # type: ignore[method-assign]
+    assert response.status_code == 503, response.text
+    assert "The card was charged" in response.json()["detail"]
+    assert response.headers["retry-after"] == "1"
+    for _ in range(100):  # settled in the background, after the answer
+        paid = (await shopper.get("/api/orders")).json()
+        if paid:
+            break
+        await asyncio.sleep(0.05)
+    assert [(o["status"], o["total"]) for o in paid] == [("paid", 2000)]
+    assert (await shopper.get("/api/products")).json()[0]["stock"] == 3
+    retry = await order(shopper, [(mug, 2)], card(), **key)
+    assert retry.status_code == 201 and retry.json()["id"] == paid[0]["id"]
+    assert gateway.total_charged == 2000
+    assert (await shopper.get("/api/session")).json()["order_ids"] == [paid[0]["id"]]
 
 
 async def test_reconcile_releases_a_reservation_that_was_never_charged(

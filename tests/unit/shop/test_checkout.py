@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_atomic import create_engine
 from fastapi_atomic.testing import FakeUnitOfWork
 from shop.db.models import Account, Base, Deposit, Order, Payment, Product, User
-from shop.errors import Conflict, GatewayUnavailable, NotFound, PaymentDeclined
+from shop.errors import Conflict, GatewayUnavailable, NotFound, PaymentDeclined, Unprocessable
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.services import deposits, orders
 
@@ -65,6 +65,8 @@ async def test_a_card_order_reserves_in_one_phase_and_settles_in_the_request(
     assert (order.status, order.total, uow.phases) == ("paid", 2000, 1)
     assert gateway.total_charged == 2000 and await stock(db) == 1
     assert await db.scalar(select(Payment.status)) == "succeeded"
+    # Charged: a failure to commit from here on must say so, not "nothing was changed".
+    assert uow.failure_detail is not None and "charged" in uow.failure_detail
 
 
 async def test_a_declined_card_gives_the_stock_back_in_a_second_phase(
@@ -88,11 +90,40 @@ async def test_a_gateway_that_cannot_say_leaves_the_payment_pending(
         raise GatewayTimeout("no answer")
 
     gateway.lookup = no_answer  # type: ignore[method-assign]
-    with pytest.raises(GatewayUnavailable, match="pending"):
+    with pytest.raises(GatewayUnavailable, match="If the card was charged"):
         await by_card(uow, gateway, OK)
-    assert uow.phases == 1
-    assert await db.scalar(select(Payment.status)) == "pending"  # for reconcile to settle
+    assert uow.phases == 2  # reserve; then the lease ended, as the request stops charging
+    payment = await db.scalar(select(Payment))
+    assert payment is not None and payment.status == "pending"  # for reconcile to settle
+    assert payment.charging_until is None  # reconcile need not wait for the lease
     assert await stock(db) == 2
+
+
+async def test_a_payment_is_leased_while_its_request_charges(
+    uow: FakeUnitOfWork, db: AsyncSession
+) -> None:
+    seen: list[Any] = []
+    gateway = FakeGateway()
+    real_charge = gateway.charge
+
+    async def charge(**kwargs: Any) -> Any:
+        seen.append(await db.scalar(select(Payment.charging_until)))
+        return await real_charge(**kwargs)
+
+    gateway.charge = charge  # type: ignore[method-assign]
+    await by_card(uow, gateway, OK)
+    assert seen[0] is not None  # reconcile leaves it alone while the charge is in flight
+
+
+async def test_an_order_that_costs_nothing_is_not_charged_to_a_card(
+    uow: FakeUnitOfWork, db: AsyncSession
+) -> None:
+    await db.execute(update(Product).where(Product.id == 1).values(price=0))
+    gateway = FakeGateway()
+    with pytest.raises(Unprocessable, match="nothing to charge"):
+        await by_card(uow, gateway, OK)
+    assert gateway.charges == [] and uow.phases == 0
+    assert await db.scalar(select(Order)) is None and await stock(db) == 3
 
 
 async def test_not_enough_stock_is_a_conflict_before_any_charge(uow: FakeUnitOfWork) -> None:
