@@ -15,7 +15,9 @@ UPDATE that left it alone, a write undone after a failed COMMIT). Rules that mak
 
 - The cache serves only while its feed is connected and subscribed. When the feed drops, the
   cache is emptied and every read goes to the store until the feed is back (messages sent
-  meanwhile are lost, so nothing cached before can be trusted).
+  meanwhile are lost, so nothing cached before can be trusted). A feed that hears nothing from
+  its server for its timeout (a hung server says nothing, not even that it is gone) counts as
+  dropped: :attr:`RecordCache.live` is the one switch, and only the feed moves it.
 - Versions only move forward (every write is a compare-and-set from the version before), so an
   entry is only ever replaced by a newer version. A message for version v evicts an entry
   older than v and leaves behind a tombstone that refuses any fill older than v: a read that
@@ -74,7 +76,7 @@ class RecordCache:
         #: moves whenever the cache forgets what it knew of a key's version (a bare-key message,
         #: an entry dropped for room, the feed going down); a fill begun before is refused
         self.epoch = 0
-        #: True only while the invalidation feed is connected and subscribed
+        #: True only while the invalidation feed is subscribed and hearing from its server
         self.live = False
         self.hits = 0
         self.misses = 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -142,20 +141,38 @@ class PostgresFeed(InvalidationFeed):
 
 
 class RedisFeed(InvalidationFeed):
-    """SUBSCRIBE to the channel the Redis store's scripts PUBLISH changed keys on."""
+    """SUBSCRIBE to the channel the Redis store's scripts PUBLISH changed keys on.
 
-    def __init__(self, cache: RecordCache, redis: Any, channel: str) -> None:
+    A quiet subscription says nothing of a hung server (one that accepts and answers nothing,
+    or a network gone without a reset): the feed PINGs on it when nothing came for a while, and
+    counts it lost when Redis was not heard from for ``timeout`` seconds. That bounds how long
+    the cache serves from memory while nothing can reach it (a logout in another process).
+    """
+
+    #: the payload of the feed's PINGs (any answer counts as a sign of life)
+    PING = "fastapi-atomic-feed"
+
+    def __init__(
+        self, cache: RecordCache, redis: Any, channel: str, *, timeout: float = 3.0
+    ) -> None:
         super().__init__(cache)
         self.channel = channel
+        self.timeout = timeout
         self._redis = redis
 
     @contextlib.asynccontextmanager
     async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
         pubsub = self._redis.pubsub()
         try:
-            await pubsub.subscribe(self.channel)
-            while (message := await pubsub.get_message(timeout=self.heartbeat)) is None:
-                pass
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await pubsub.subscribe(self.channel)
+                    while (message := await pubsub.get_message(timeout=self.timeout)) is None:
+                        pass
+            except TimeoutError:
+                raise ConnectionError(
+                    f"Redis did not confirm the SUBSCRIBE within {self.timeout:g} s"
+                ) from None
             if message["type"] != "subscribe":
                 raise ConnectionError(f"unexpected first message {message['type']!r}")
             yield self._messages(pubsub)
@@ -164,15 +181,29 @@ class RedisFeed(InvalidationFeed):
                 await pubsub.aclose()
 
     async def _messages(self, pubsub: Any) -> AsyncIterator[str]:
-        idle_since = time.monotonic()
+        loop = asyncio.get_running_loop()
+        # PINGed after a third of the timeout without a word, again after two thirds: one lost
+        # answer does not end a healthy subscription.
+        quiet = self.timeout / 3
+        heard = pinged = loop.time()
         while True:
-            message = await pubsub.get_message(timeout=1.0)
+            # The deadline also bounds what redis-py does inside (a reconnection, by a client
+            # whose retry policy has one, to a server that hangs in the handshake).
+            try:
+                async with asyncio.timeout_at(heard + self.timeout):
+                    if loop.time() - max(heard, pinged) >= quiet:
+                        await pubsub.ping(self.PING)
+                        pinged = loop.time()
+                    message = await pubsub.get_message(timeout=quiet)
+            except TimeoutError:
+                raise ConnectionError(f"Redis did not answer for {self.timeout:g} s") from None
             if message is None:
-                if time.monotonic() - idle_since > self.heartbeat:
-                    await pubsub.ping()  # raises if the connection is gone
-                    idle_since = time.monotonic()
                 continue
-            idle_since = time.monotonic()
+            heard = loop.time()
             if message["type"] == "message":
                 data = message["data"]
                 yield data.decode() if isinstance(data, bytes) else str(data)
+            elif message["type"] in ("subscribe", "unsubscribe"):
+                # redis-py subscribed again on a new connection by itself (a client that
+                # retries on a ConnectionError): what was published in between is lost.
+                raise ConnectionError("the subscription was renewed; changes may have been lost")

@@ -23,6 +23,7 @@ from fastapi_atomic.testing import (
     run_in_unit_of_work,
 )
 from fastapi_atomic.websession import RedisStore, SqlStore, web_sessions_table
+from fastapi_atomic.websession.feeds import RedisFeed
 from fastapi_atomic.websession.record import Changes, SessionRecord
 from fastapi_atomic.websession.stores.base import WebSessionStore
 from fastapi_atomic.websession.stores.sql_trigger import notify_channel
@@ -44,12 +45,14 @@ async def sql_stores(
 async def redis_stores(
     redis_url: str, redis_prefix: str, sqlite_engine: AsyncEngine
 ) -> AsyncIterator[list[RedisStore]]:
-    # Named, so that a test can find its own connections among the server's clients.
+    # As an app makes them (a client that retries on a closed connection); named, so that a
+    # test can find its own connections among the server's clients.
     stores = [
-        RedisStore(
-            Redis.from_url(redis_url, client_name=redis_client_name(redis_prefix)),
+        RedisStore.from_url(
+            redis_url,
             prefix=redis_prefix,
             cache=True,
+            client_name=redis_client_name(redis_prefix),
         )
         for _ in "ab"
     ]
@@ -261,6 +264,8 @@ async def test_the_feed_stops_at_shut_down_even_in_the_middle_of_a_heartbeat(
         assert feed is not None and feed._task is not None
         task = feed._task
         feed.heartbeat = 0.001
+        if isinstance(feed, RedisFeed):
+            feed.timeout = 0.005  # its PINGs and their deadline, as quick
         await asyncio.sleep(0.05)
         started = time.monotonic()
         await store.aclose()

@@ -56,5 +56,5 @@ async def test_redis_sessions_carry_a_ttl(
         await store.create(key, make_record("1"), uow)
     ttl = await store.redis.pttl(f"{redis_prefix}s:{key}")
     assert 25_000 < ttl <= 30_000
-    await store.redis.delete(f"{redis_prefix}s:{key}", f"{redis_prefix}u:1")
+    await store.redis.delete(*[name async for name in store.redis.scan_iter(f"{redis_prefix}*")])
     await store.aclose()

@@ -2,16 +2,34 @@
 
 Writes happen before the database COMMIT and are undone (again by compare-and-set, so a newer
 write by another request is never clobbered) if that COMMIT fails.
+
+Every command the store sends is safe to send twice, so a client made with
+:meth:`RedisStore.client_options` sends a command once more, on a new connection, when its
+pooled one turns out closed (a Redis restart, a CLIENT KILL, an idle timeout): the first request
+after a restart is answered, not a 503. Why each is safe:
+
+- GET, MGET, SMEMBERS, PING, SCRIPT LOAD: they change nothing;
+- SREM, and SADD with EXPIRE: the second leaves the set as the first did (the TTL restarts);
+- DEL with PUBLISH: deleting twice is deleting once; the second "<key> -" evicts nothing more;
+- the compare-and-set script: not by itself (run twice, its second run fails the version check
+  against its own write, and a save would replay its changes, an append twice), so each run
+  carries a write id and leaves a receipt under it: a run that finds its receipt answers 1.
+
+A timeout is not retried: a server that did not answer within ``socket_timeout`` is hung or
+overloaded, and a second wait would only double the time to the 503.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...exceptions import ServiceUnavailable
@@ -23,9 +41,16 @@ from .base import WebSessionStore
 
 T = TypeVar("T")
 
-# KEYS[1] the record; ARGV: expected version ("" = must not exist), new JSON, TTL ms,
-# the channel to PUBLISH the change on ("" = none) and the message (see cache.message)
+#: how long a write's receipt is kept: a retry follows its first attempt within a reconnect, and
+#: the receipts of a busy app must not pile up
+RECEIPT_TTL_MS = 60_000
+
+# KEYS[1] the record, KEYS[2] this write's receipt; ARGV: expected version ("" = must not exist),
+# new JSON ("" = delete), TTL ms, the channel to PUBLISH the change on ("" = none), the message
+# (see cache.message), the receipt's TTL ms. A run that finds its receipt is a retry of a run that
+# wrote (its answer lost with the connection): it answers 1 again and writes nothing.
 _CAS = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 local current = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
   if current then return 0 end
@@ -38,6 +63,7 @@ if ARGV[2] == '' then
 else
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[6])
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1
 """
@@ -45,25 +71,61 @@ return 1
 
 class RedisStore(WebSessionStore):
     """``cache=True`` answers reads from memory, every write PUBLISHing its key to evict it
-    in every process (see :mod:`..cache`)."""
+    in every process (see :mod:`..cache`).
+
+    ``feed_timeout``: how long the cache's feed may hear nothing from Redis (its PINGs
+    unanswered) before the cache stops serving from memory; a hung Redis cannot tell it of a
+    logout. The client is used as given: build it with :meth:`client_options` (as
+    :meth:`from_url` does) for the retry and the timeouts.
+    """
 
     def __init__(
-        self, redis: Redis, *, prefix: str = "websession:", cache: bool | RecordCache = False
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "websession:",
+        cache: bool | RecordCache = False,
+        feed_timeout: float = 3.0,
     ) -> None:
         super().__init__()
         self.redis = redis
         self.prefix = prefix
         self.channel = f"{prefix}changed"
         self.cache = RecordCache.from_option(cache)
-        self._feed = RedisFeed(self.cache, redis, self.channel) if self.cache is not None else None
+        self._feed = (
+            RedisFeed(self.cache, redis, self.channel, timeout=feed_timeout)
+            if self.cache is not None
+            else None
+        )
         self._cas = redis.register_script(_CAS)
+
+    @staticmethod
+    def client_options(timeout: float = 2.0) -> dict[str, Any]:
+        """Keyword arguments for ``redis.asyncio.Redis`` (or ``Redis.from_url``).
+
+        ``timeout`` bounds each connect and each answer: a hung Redis is a 503 after that long,
+        not a hang. A command that fails with a ConnectionError (its pooled connection closed by
+        the server) is sent once more, on a new connection: whether the server ran it cannot be
+        told, and every command of the store may run twice (see the module's docstring).
+        """
+        retry = Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,))
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry}
 
     @classmethod
     def from_url(
-        cls, url: str, *, prefix: str = "websession:", cache: bool | RecordCache = False
+        cls,
+        url: str,
+        *,
+        prefix: str = "websession:",
+        cache: bool | RecordCache = False,
+        timeout: float = 2.0,
+        feed_timeout: float = 3.0,
+        **options: Any,
     ) -> RedisStore:
-        client = Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
-        return cls(client, prefix=prefix, cache=cache)
+        """A store with a client of its own, made with :meth:`client_options`; ``options`` go
+        to ``Redis.from_url`` as well (``client_name=``, ``max_connections=``...)."""
+        client = Redis.from_url(url, **(cls.client_options(timeout) | options))
+        return cls(client, prefix=prefix, cache=cache, feed_timeout=feed_timeout)
 
     # --- the store contract --------------------------------------------------------------
 
@@ -142,6 +204,11 @@ class RedisStore(WebSessionStore):
     def _user_key(self, user_id: str) -> str:
         return f"{self.prefix}u:{user_id}"
 
+    def _receipt_key(self) -> str:
+        """Where a new write leaves its receipt: a name of its own, so that no other write
+        (a later one of the same session) can take it over before a retry looks."""
+        return f"{self.prefix}w:{secrets.token_hex(16)}"
+
     def _ttl_ms(self, record: SessionRecord) -> int:
         remaining = self.expires_at(record) - self.clock()
         return max(1, math.ceil(remaining * 1000))
@@ -167,9 +234,10 @@ class RedisStore(WebSessionStore):
         ttl = self._ttl_ms(new) if new is not None else 0
         channel = self.channel if self.cache is not None else ""
         change = message(key, new.version if new is not None and forward else None)
-        result: Any = await self._call(
-            lambda: self._cas(keys=[self._key(key)], args=[version, payload, ttl, channel, change])
-        )
+        # One receipt for every attempt of this write: redis-py resends these very arguments.
+        keys = [self._key(key), self._receipt_key()]
+        args: list[str | int] = [version, payload, ttl, channel, change, RECEIPT_TTL_MS]
+        result: Any = await self._call(lambda: self._cas(keys=keys, args=args))
         return int(result)
 
     def _undoer(
