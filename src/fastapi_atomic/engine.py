@@ -14,16 +14,24 @@ transactions that will write (so two writers never both hold a read lock and dea
 upgrade, which no busy timeout can resolve). The driver's own transaction handling is turned
 off so that SAVEPOINTs work, as the SQLAlchemy documentation recommends.
 
+SQLite has one writer at a time, and a writer that finds the file locked waits in SQLite's
+busy handler, which sleeps and looks again: not in the order the writers came, so under load
+some wait many times longer than the rest. On a SQLite file, transactions that write therefore
+take the one connection of a writer engine of their own (:func:`writer_engine`): a process's
+writers queue for it in arrival order, in the fair pool, and the busy handler is left to the
+rare case of two processes on one file.
+
 Bound values never reach a log: ``hide_parameters`` is on, so a failed statement's error (and
 its traceback in the server log) shows the SQL, not the e-mail or password hash it carried.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
@@ -31,6 +39,15 @@ from .pool import FairAsyncAdaptedQueuePool
 
 #: execution option read by the SQLite ``begin`` listener: "IMMEDIATE" or "DEFERRED"
 SQLITE_BEGIN_OPTION = "fastapi_atomic_sqlite_begin"
+
+#: the writer engine of each SQLite file engine made by :func:`create_engine`
+_WRITERS: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
+
+
+def writer_engine(engine: AsyncEngine) -> AsyncEngine:
+    """The engine for transactions that write: ``engine`` itself, except for a SQLite file
+    engine made by :func:`create_engine`, whose writers share one connection in turn."""
+    return _WRITERS.get(engine.sync_engine, engine)
 
 
 def create_engine(
@@ -61,6 +78,15 @@ def create_engine(
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         configure_sqlite(engine, busy_timeout_ms=sqlite_busy_timeout_ms)
+        if not in_memory and issubclass(kwargs.get("poolclass", type(None)), QueuePool):
+            writer = create_async_engine(url, **(kwargs | {"pool_size": 1, "max_overflow": 0}))
+            configure_sqlite(writer, busy_timeout_ms=sqlite_busy_timeout_ms)
+            _WRITERS[engine.sync_engine] = writer
+
+            @event.listens_for(engine.sync_engine, "engine_disposed")
+            def _dispose_writer(_engine: Engine) -> None:
+                writer.sync_engine.dispose()
+
     return engine
 
 

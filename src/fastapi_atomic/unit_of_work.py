@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 from starlette.datastructures import MutableHeaders
 
-from .engine import SQLITE_BEGIN_OPTION
+from .engine import SQLITE_BEGIN_OPTION, writer_engine
 from .exceptions import ConfigurationError, TooLate
 from .retry import Backoff, retry_reason
 
@@ -424,12 +424,15 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         session_class: type[Session] = _RequestSession,
     ) -> AsyncSession:
         options: dict[str, Any] = {}
-        if self._engine.dialect.name == "sqlite":
+        engine = self._engine
+        if engine.dialect.name == "sqlite":
             options[SQLITE_BEGIN_OPTION] = "IMMEDIATE" if write else "DEFERRED"
+            if write:
+                engine = writer_engine(engine)
         elif isolation_level is not None:
             options["isolation_level"] = isolation_level
         return AsyncSession(
-            bind=_engine_variant(self._engine, options),
+            bind=_engine_variant(engine, options),
             expire_on_commit=False,
             autoflush=True,
             sync_session_class=session_class,

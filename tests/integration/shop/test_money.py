@@ -30,6 +30,7 @@ from shop_testing import (
 from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
+from fastapi_atomic.engine import writer_engine
 from shop.db.models import Order, OrderItem, Payment
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.reconcile import reconcile
@@ -562,12 +563,13 @@ async def test_a_card_charged_then_not_saved_is_told_so_and_completed(
             raise OperationalError("COMMIT", {}, Exception("disk I/O error"))
 
     gateway.charge = charge  # type: ignore[method-assign]
-    event.listen(app.state.engine.sync_engine, "commit", commit)
+    writer = writer_engine(app.state.engine).sync_engine  # where transactions that write go
+    event.listen(writer, "commit", commit)
     key = {"Idempotency-Key": "charged-not-saved"}
     try:
         response = await order(shopper, [(mug, 2)], card(), **key)
     finally:
-        event.remove(app.state.engine.sync_engine, "commit", commit)
+        event.remove(writer, "commit", commit)
         gateway.charge = real_charge  # type: ignore[method-assign]
     assert response.status_code == 503, response.text
     assert "The card was charged" in response.json()["detail"]
