@@ -28,6 +28,7 @@ from .api.health import router as health_router
 from .db.models import idempotency_keys, web_sessions
 from .errors import Conflict, ShopError
 from .payments import HttpGateway, build_gateway
+from .request_ids import RequestIdMiddleware
 from .services.accounts import ensure_admin
 from .services.throttle import LoginThrottle
 from .settings import Settings
@@ -111,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         websessions=build_session_manager(settings, store),
         idempotency_keys=IdempotencyKeys(idempotency_keys),
     )
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     for router in api.routers:
         app.include_router(router, prefix="/api")
     app.include_router(health_router)

@@ -93,6 +93,7 @@ def serve(
     import uvicorn
 
     from .db.migrate import upgrade_sync
+    from .request_ids import log_config
 
     settings = _settings()
     if workers > 1 and settings.session_store == "memory":
@@ -117,6 +118,7 @@ def serve(
         port=port,
         workers=workers,
         log_level="info",
+        log_config=log_config(root_level=logging.getLevelName(logging.getLogger().level)),
         proxy_headers=False,
     )
 
