@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from starlette.types import Send
-
 
 class AtomicError(Exception):
     """Base class of every error raised by fastapi_atomic."""
@@ -60,7 +58,3 @@ class ReplayResponse(AtomicError):
         self.status = status
         self.headers = list(headers)
         self.body = body
-
-    async def send(self, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body})

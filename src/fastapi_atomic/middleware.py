@@ -140,7 +140,14 @@ class AtomicMiddleware:
                     raise
                 if isinstance(exc, ReplayResponse):
                     self.metrics.outcome("replayed").inc()
-                    await exc.send(send)
+                    start: Message = {
+                        "type": "http.response.start",
+                        "status": exc.status,
+                        "headers": list(exc.headers),
+                    }
+                    uow._apply_response_headers(start, committed=False)  # no-store, Vary
+                    await send(start)
+                    await send({"type": "http.response.body", "body": exc.body})
                     return
                 reason = exc.reason if isinstance(exc, _Retry) else retry_reason(exc)
                 if reason is not None:

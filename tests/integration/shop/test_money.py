@@ -402,6 +402,8 @@ async def test_a_client_retry_after_a_lost_response_charges_once(
     retry = await order(shopper, [(mug, 1)], card(), **key)
     assert first.status_code == retry.status_code == 201
     assert first.json() == retry.json()
+    # A replay depends on the session too: no cache may keep it or hand it to another client.
+    assert retry.headers["cache-control"] == "no-store" and "Cookie" in retry.headers["vary"]
     assert gateway.total_charged == 1000
     assert len((await shopper.get("/api/orders")).json()) == 1
     assert (await shopper.get("/api/session")).json()["order_ids"] == [first.json()["id"]]
