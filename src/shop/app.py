@@ -6,13 +6,18 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
 from fastapi_atomic import AtomicMiddleware, IdempotencyKeys, atomic, create_engine
 from fastapi_atomic.websession import (
@@ -24,7 +29,9 @@ from fastapi_atomic.websession import (
 )
 
 from . import api
+from .api.deps import SESSION_COOKIE
 from .api.health import router as health_router
+from .api.responses import TOO_LARGE, UNAVAILABLE
 from .db.models import idempotency_keys, web_sessions
 from .errors import Conflict, ShopError
 from .payments import HttpGateway, build_gateway
@@ -58,7 +65,7 @@ def build_session_manager(settings: Settings, store: WebSessionStore) -> WebSess
     return WebSessionManager(
         store,
         settings.signing_keys(),
-        cookie_name="shop_session",
+        cookie_name=SESSION_COOKIE,
         idle_timeout=settings.session_idle_timeout,
         absolute_timeout=settings.session_absolute_timeout,
         secure=settings.cookie_secure,
@@ -93,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         max_body_size=settings.max_body_size,
+        responses=TOO_LARGE,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -106,21 +114,39 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.session_store == "redis":
         app.state.readiness_checks["session store (redis)"] = store.ping
 
+    websessions = build_session_manager(settings, store)
     app.add_middleware(
         AtomicMiddleware,
         engine=engine,
-        websessions=build_session_manager(settings, store),
+        websessions=websessions,
         idempotency_keys=IdempotencyKeys(idempotency_keys),
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     for router in api.routers:
-        app.include_router(router, prefix="/api")
+        # Every API route runs in the unit of work, whose database can be unavailable.
+        app.include_router(router, prefix="/api", responses=UNAVAILABLE)
     app.include_router(health_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    if websessions.cookie_name != SESSION_COOKIE:
+        _name_session_cookie(app, websessions.cookie_name)
     return app
+
+
+def _name_session_cookie(app: FastAPI, name: str) -> None:
+    """The OpenAPI document names the cookie this app uses (``__Host-shop_session``): the
+    routes, and the security scheme they declare, are shared by every app."""
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = build_openapi()
+        document["components"]["securitySchemes"]["session"]["name"] = name
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 async def ensure_admin_exists(engine: AsyncEngine, settings: Settings) -> None:
@@ -162,3 +188,55 @@ async def _invalid_request(_request: Request, exc: RequestValidationError) -> JS
             error = {key: value for key, value in error.items() if key not in ("input", "ctx")}
         errors.append(error)
     return JSONResponse({"detail": errors}, status_code=422)
+
+
+#: what FastAPI's JSON parsing raises, beyond a JSONDecodeError, for a body it cannot read
+#: (in this order: a UnicodeDecodeError is a ValueError too)
+_UNREADABLE_JSON: dict[type[Exception], str] = {
+    UnicodeDecodeError: "The body is not UTF-8 text.",
+    RecursionError: "The JSON is nested too deeply.",
+    ValueError: "The JSON could not be read.",  # an integer with too many digits
+}
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    """FastAPI's answer to an HTTPException, but for two that FastAPI and Starlette raise.
+
+    - A JSON body FastAPI could not parse other than by a JSONDecodeError (not UTF-8, nested
+      deeper than the parser goes, an integer with more digits than Python converts) is its
+      400 "There was an error parsing the body": a 422 like any other malformed body.
+    - A 405's ``Allow`` names the methods of the first route whose path matched: it lists
+      those of every route of the path instead.
+    """
+    cause = exc.__cause__
+    if exc.status_code == 400 and cause is not None:
+        for kind, message in _UNREADABLE_JSON.items():
+            if isinstance(cause, kind):
+                return await _invalid_request(
+                    request,
+                    RequestValidationError(
+                        [
+                            {
+                                "type": "json_invalid",
+                                "loc": ("body",),
+                                "msg": message,
+                                "ctx": {"error": str(cause)},
+                            }
+                        ]
+                    ),
+                )
+    if exc.status_code == 405:
+        allowed = _methods_of(request)
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return await http_exception_handler(request, exc)
+
+
+def _methods_of(request: Request) -> set[str]:
+    """The methods of every route whose path is the request's."""
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.routes):
+        path, route_methods = route.path, route.methods
+        if path and route_methods and compile_path(path)[0].match(request.url.path):
+            methods |= route_methods
+    return methods

@@ -6,12 +6,20 @@ from fastapi_atomic import DBDep, UnitOfWorkDep
 from shop.services import accounts, deposits
 
 from .deps import Csrf, CurrentUser, Gateway, Idempotent
+from .responses import (
+    GATEWAY_UNAVAILABLE,
+    IDEMPOTENT,
+    NO_CSRF_TOKEN,
+    NOT_LOGGED_IN,
+    error,
+    success,
+)
 from .schemas import AccountOut, DepositIn, DepositOut, PathId
 
 router = APIRouter(prefix="/accounts", tags=["accounts"])
 
 
-@router.get("", responses={401: {}})
+@router.get("", responses={200: success(private=True), 401: NOT_LOGGED_IN})
 async def list_accounts(db: DBDep, user: CurrentUser) -> list[AccountOut]:
     return [AccountOut.model_validate(a) for a in await accounts.accounts_of(db, user.id)]
 
@@ -19,7 +27,15 @@ async def list_accounts(db: DBDep, user: CurrentUser) -> list[AccountOut]:
 @router.post(
     "/{account_id}/deposits",
     status_code=status.HTTP_201_CREATED,
-    responses={401: {}, 402: {}, 404: {}, 503: {}},
+    responses={
+        **IDEMPOTENT,
+        **GATEWAY_UNAVAILABLE,
+        201: success(private=True),
+        401: NOT_LOGGED_IN,
+        402: error("The card was declined."),
+        403: NO_CSRF_TOKEN,
+        404: error("Not an account of the user."),
+    },
     dependencies=[Csrf],
 )
 async def deposit(

@@ -4,10 +4,15 @@ Every collaborator a route needs comes through one of these, so a test swaps it 
 ``app.dependency_overrides`` (``get_gateway``, ``get_settings``, ``current_user``, ...).
 
     Csrf ─► WebSessionDep                 (a router's or route's ``dependencies=[Csrf]``)
-    CurrentUser ─► WebSessionDep
+    CurrentUser ─► WebSessionDep, session_cookie
     AdminUser ─► CurrentUser
     Idempotent ─► CurrentUser             (keys are per user)
     Gateway, SettingsDep, LoginThrottleDep ─► the app's state
+
+The cookie, the ``X-CSRF-Token`` and the ``Idempotency-Key`` are declared with FastAPI's own
+security and ``Header`` dependencies, so that the OpenAPI document shows which routes take
+them. They never refuse a request themselves: the web session and the idempotency keys
+decide, in the order and with the statuses the API documents.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request, Security
+from fastapi.security import APIKeyCookie
 
 from fastapi_atomic import IdempotencyKey, UnitOfWorkDep, claim_idempotency_key
 from fastapi_atomic.websession import WebSessionDep, require_csrf_token
@@ -48,8 +54,37 @@ async def get_login_throttle(request: Request) -> LoginThrottle:
 
 LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
 
-#: 403 for an unsafe request with a session cookie but a missing or wrong X-CSRF-Token
-Csrf = Depends(require_csrf_token)
+#: the session cookie's name (``__Host-`` prefixed with ``SHOP_COOKIE_HOST_PREFIX``)
+SESSION_COOKIE = "shop_session"
+
+#: the session cookie, as the OpenAPI document's security scheme; the web session reads it
+session_cookie = APIKeyCookie(
+    name=SESSION_COOKIE,
+    scheme_name="session",
+    description="The web session, set by logging in (`POST /api/session`).",
+    auto_error=False,
+)
+
+CsrfTokenHeader = Annotated[
+    str | None,
+    Header(
+        alias="X-CSRF-Token",
+        description="The session's `csrf_token`: needed by every unsafe request made with a "
+        "session (403 without it).",
+    ),
+]
+
+
+async def csrf_token(
+    request: Request, websession: WebSessionDep, _token: CsrfTokenHeader = None
+) -> None:
+    """403, before anything changes, for an unsafe request with a live session but a missing
+    or wrong ``X-CSRF-Token`` (the web session checks it)."""
+    await require_csrf_token(request, websession)
+
+
+#: a router's or route's ``dependencies=[Csrf]``
+Csrf = Depends(csrf_token)
 
 
 @dataclass(frozen=True)
@@ -66,7 +101,10 @@ class SessionUser:
         return "admin" in self.roles
 
 
-async def current_user(websession: WebSessionDep) -> SessionUser:
+async def current_user(
+    websession: WebSessionDep,
+    _cookie: Annotated[str | None, Security(session_cookie)],
+) -> SessionUser:
     """The logged-in user; 401 for no session, an expired, revoked or tampered one."""
     user = websession.get("user") if websession.is_live else None
     if websession.user_id is None or not isinstance(user, dict):
@@ -91,8 +129,27 @@ async def admin_user(user: CurrentUser) -> SessionUser:
 AdminUser = Annotated[SessionUser, Depends(admin_user)]
 
 
-async def idempotency_key(request: Request, user: CurrentUser) -> IdempotencyKey | None:
-    """The request's Idempotency-Key, claimed for its user (a replay, or a 409 while in use)."""
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="Chosen by the client for one operation: a repeat with the same key and "
+        "the same request returns the first response again and does nothing more.",
+        min_length=1,
+        max_length=255,
+        # printable ASCII; spaces around a header's value are not part of it
+        pattern=r"^[!-~]([ -~]*[!-~])?$",
+    ),
+]
+
+
+async def idempotency_key(
+    request: Request, user: CurrentUser, _key: IdempotencyKeyHeader = None
+) -> IdempotencyKey | None:
+    """The request's Idempotency-Key, claimed for its user (a replay, or a 409 while in use).
+
+    A key that is not 1 to 255 printable ASCII characters is a 422 before it is looked at,
+    and after the session: ``CurrentUser`` is solved first."""
     return await claim_idempotency_key(request, owner=str(user.id))
 
 

@@ -8,18 +8,46 @@ from collections.abc import Awaitable, Callable
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from .responses import REQUEST_ID, RETRY_AFTER, success
 
 router = APIRouter(tags=["health"])
 
 ReadinessCheck = Callable[[], Awaitable[None]]
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses={200: success()})
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+class Ready(BaseModel):
+    status: str
+    checks: list[str]
+
+
+class NotReady(BaseModel):
+    detail: str
+    failing: list[str]
+
+
+@router.get(
+    "/readyz",
+    response_model=None,
+    responses={
+        200: {
+            "model": Ready,
+            "description": "The database (and a Redis session store) answer.",
+            "headers": REQUEST_ID,
+        },
+        503: {
+            "model": NotReady,
+            "description": "Something did not answer.",
+            "headers": {**REQUEST_ID, **RETRY_AFTER},
+        },
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, ReadinessCheck] = request.app.state.readiness_checks
     results = await asyncio.gather(
@@ -30,6 +58,7 @@ async def readyz(request: Request) -> JSONResponse:
         return JSONResponse(
             {"detail": f"not ready: {', '.join(failing)} did not answer", "failing": failing},
             status_code=503,
+            headers={"Retry-After": "1"},  # like every 503
         )
     return JSONResponse({"status": "ready", "checks": list(checks)})
 

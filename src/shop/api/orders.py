@@ -7,6 +7,16 @@ from fastapi_atomic.websession import WebSessionDep
 from shop.services import orders
 
 from .deps import Csrf, CurrentUser, Gateway, Idempotent
+from .responses import (
+    GATEWAY_UNAVAILABLE,
+    IDEMPOTENT,
+    LEASE_RETRY_AFTER,
+    NO_CSRF_TOKEN,
+    NOT_LOGGED_IN,
+    PARAMETERS,
+    error,
+    success,
+)
 from .schemas import AccountPayment, OrderIn, OrderOut, PathId
 
 router = APIRouter(prefix="/orders", tags=["orders"])
@@ -15,7 +25,20 @@ router = APIRouter(prefix="/orders", tags=["orders"])
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={401: {}, 402: {}, 404: {}, 409: {}, 503: {}},
+    responses={
+        **IDEMPOTENT,
+        **GATEWAY_UNAVAILABLE,
+        201: success(private=True),
+        401: NOT_LOGGED_IN,
+        402: error("The card was declined, or the account is short of funds."),
+        403: NO_CSRF_TOKEN,
+        404: error("An unknown product, or an account that is not the user's."),
+        409: error(
+            "Not enough stock, or a request with this Idempotency-Key is still in progress.",
+            private=True,
+            headers=LEASE_RETRY_AFTER,
+        ),
+    },
     dependencies=[Csrf],
 )
 async def place_order(
@@ -45,11 +68,19 @@ async def place_order(
     return OrderOut.model_validate(order)
 
 
-@router.get("", responses={401: {}})
+@router.get("", responses={200: success(private=True), 401: NOT_LOGGED_IN})
 async def list_orders(db: DBDep, user: CurrentUser) -> list[OrderOut]:
     return [OrderOut.model_validate(o) for o in await orders.list_orders(db, user_id=user.id)]
 
 
-@router.get("/{order_id}", responses={401: {}, 404: {}})
+@router.get(
+    "/{order_id}",
+    responses={
+        **PARAMETERS,
+        200: success(private=True),
+        401: NOT_LOGGED_IN,
+        404: error("No such order of the user.", private=True),
+    },
+)
 async def get_order(order_id: PathId, db: DBDep, user: CurrentUser) -> OrderOut:
     return OrderOut.model_validate(await orders.get_order(db, user_id=user.id, order_id=order_id))

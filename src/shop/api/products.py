@@ -6,12 +6,13 @@ from fastapi_atomic import DBDep
 from shop.services import catalog
 
 from .deps import AdminUser, Csrf
+from .responses import BODY, NOT_ADMIN, NOT_LOGGED_IN, error, success
 from .schemas import PathId, ProductIn, ProductOut, ProductPatch
 
 router = APIRouter(prefix="/products", tags=["products"])
 
 
-@router.get("")
+@router.get("", responses={200: success()})
 async def list_products(db: DBDep) -> list[ProductOut]:
     return [ProductOut.model_validate(p) for p in await catalog.list_products(db)]
 
@@ -19,14 +20,30 @@ async def list_products(db: DBDep) -> list[ProductOut]:
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={401: {}, 403: {}, 409: {}},
+    responses={
+        **BODY,
+        201: success(private=True),
+        401: NOT_LOGGED_IN,
+        403: NOT_ADMIN,
+        409: error("The sku is taken.", private=True),
+    },
     dependencies=[Csrf],
 )
 async def create_product(body: ProductIn, db: DBDep, _admin: AdminUser) -> ProductOut:
     return ProductOut.model_validate(await catalog.create_product(db, **body.model_dump()))
 
 
-@router.patch("/{product_id}", responses={401: {}, 403: {}, 404: {}}, dependencies=[Csrf])
+@router.patch(
+    "/{product_id}",
+    responses={
+        **BODY,
+        200: success(private=True),
+        401: NOT_LOGGED_IN,
+        403: NOT_ADMIN,
+        404: error("No such product.", private=True),
+    },
+    dependencies=[Csrf],
+)
 async def update_product(
     product_id: PathId, body: ProductPatch, db: DBDep, _admin: AdminUser
 ) -> ProductOut:

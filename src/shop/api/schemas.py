@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from shop.fields import Email, Name, Password, Text
+
+
+class Error(BaseModel):
+    """The body of every error the shop answers itself: what went wrong, in a sentence."""
+
+    detail: str
+
+
+class ValidationIssue(BaseModel):
+    """One thing wrong with a request, as FastAPI reports it (``input`` left out when JSON
+    cannot carry it)."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class Invalid(BaseModel):
+    """A 422: FastAPI's list of what is wrong with the request."""
+
+    detail: list[ValidationIssue]
 
 
 class StrictModel(BaseModel):

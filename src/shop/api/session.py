@@ -16,6 +16,7 @@ from shop.services import accounts
 from shop.services.passwords import verify_password
 
 from .deps import Csrf, CurrentUser, LoginThrottleDep, SessionUser
+from .responses import BODY, NO_CSRF_TOKEN, NOT_LOGGED_IN, PARAMETERS, error, header, success
 from .schemas import StrictModel
 
 router = APIRouter(tags=["session"])
@@ -65,7 +66,15 @@ def _utc(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, UTC)
 
 
-@router.get("/session", responses={401: {}})
+#: logging in sets the session cookie; logging out clears it and the browser's cookies
+SETS_COOKIE = {"Set-Cookie": header("The session cookie.")}
+CLEARS_COOKIE = {
+    "Set-Cookie": header("The session cookie, cleared."),
+    "Clear-Site-Data": header('`"cookies"`'),
+}
+
+
+@router.get("/session", responses={200: success(private=True), 401: NOT_LOGGED_IN})
 async def get_session(user: CurrentUser, websession: WebSessionDep) -> SessionOut:
     assert websession.csrf_token is not None and websession.expires_at is not None
     order_ids = websession.get("order_ids", [])
@@ -77,7 +86,15 @@ async def get_session(user: CurrentUser, websession: WebSessionDep) -> SessionOu
     )
 
 
-@router.post("/session", responses={401: {}, 429: {}})
+@router.post(
+    "/session",
+    responses={
+        **BODY,
+        200: success(private=True, headers=SETS_COOKIE),
+        401: error("Wrong e-mail or password.", private=True),
+        429: error("Too many failed log-ins for this e-mail or from this address.", private=True),
+    },
+)
 async def log_in(
     body: Login,
     request: Request,
@@ -106,14 +123,19 @@ async def log_in(
 @router.delete(
     "/session",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={401: {}},
+    responses={
+        **PARAMETERS,
+        204: success(private=True, headers=CLEARS_COOKIE),
+        401: NOT_LOGGED_IN,
+        403: NO_CSRF_TOKEN,
+    },
     dependencies=[Csrf],
 )
 async def log_out(_user: CurrentUser, websession: WebSessionDep) -> None:
     websession.invalidate()
 
 
-@router.get("/sessions", responses={401: {}})
+@router.get("/sessions", responses={200: success(private=True), 401: NOT_LOGGED_IN})
 async def list_sessions(_user: CurrentUser, websession: WebSessionDep) -> list[SessionListItem]:
     return [
         SessionListItem(
@@ -130,7 +152,7 @@ async def list_sessions(_user: CurrentUser, websession: WebSessionDep) -> list[S
 @router.delete(
     "/sessions/others",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={401: {}},
+    responses={**PARAMETERS, 204: success(private=True), 401: NOT_LOGGED_IN, 403: NO_CSRF_TOKEN},
     dependencies=[Csrf],
 )
 async def log_out_others(_user: CurrentUser, websession: WebSessionDep) -> None:
