@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     fake_gateway_latency_ms: int = Field(0, ge=0)
     max_body_size: int = Field(1024 * 1024, gt=0)
     db_pool_size: int = Field(10, gt=0)
-    #: answer web-session reads from memory, invalidated by LISTEN/NOTIFY or Redis pub/sub
+    #: answer web-session reads from memory, kept fresh by a change feed (LISTEN/NOTIFY on
+    #: PostgreSQL, a change log on SQLite, pub/sub on Redis)
     session_cache: bool = True
     #: run transfers at this isolation level (PostgreSQL); None = the database's default
     transfer_isolation: Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] | None = None

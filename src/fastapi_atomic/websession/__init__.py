@@ -21,7 +21,7 @@ from .stores.base import WebSessionStore
 from .stores.memory import MemoryStore
 from .stores.redis import RedisStore
 from .stores.sql import SqlStore, web_sessions_table
-from .stores.sql_trigger import postgres_notify_trigger
+from .stores.sql_trigger import postgres_notify_trigger, sqlite_change_log
 
 __all__ = [
     "Changes",
@@ -39,5 +39,6 @@ __all__ = [
     "get_websession",
     "postgres_notify_trigger",
     "require_csrf_token",
+    "sqlite_change_log",
     "web_sessions_table",
 ]

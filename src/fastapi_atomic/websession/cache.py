@@ -7,6 +7,9 @@ each store feeds it the keys that changed anywhere, in any process:
 - the SQL store on PostgreSQL: a trigger NOTIFYs every updated or deleted row
   (:func:`postgres_notify_trigger`); NOTIFY is transactional, so the message goes out when the
   writing transaction commits, never for one that rolled back;
+- the SQL store on a SQLite file: triggers write every updated or deleted row into a change log
+  (:func:`sqlite_change_log`) in the writing transaction, and each process's feed reads the new
+  rows when SQLite says another connection committed to the file;
 - the Redis store: the write and its PUBLISH run in one Lua script.
 
 Every message names the key and the version the change produced ("<key> <version>"), "<key> -"
@@ -36,7 +39,7 @@ UPDATE that left it alone, a write undone after a failed COMMIT). Rules that mak
   parsing the JSON again. The pickles are made here, from records this process parsed or
   wrote, and never leave it: nothing from outside is ever unpickled.
 
-The feeds are in :mod:`.feeds`; the SQL store's trigger in :mod:`.stores.sql_trigger`.
+The feeds are in :mod:`.feeds`; the SQL store's triggers in :mod:`.stores.sql_trigger`.
 """
 
 from __future__ import annotations

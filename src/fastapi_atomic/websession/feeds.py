@@ -1,4 +1,5 @@
-"""The invalidation feeds of :class:`.cache.RecordCache`: LISTEN on PostgreSQL, SUBSCRIBE on Redis.
+"""The invalidation feeds of :class:`.cache.RecordCache`: LISTEN on PostgreSQL, a change log
+watched on SQLite, SUBSCRIBE on Redis.
 
 Each runs in the background, reconnecting, and tells its cache what changed; while it is down
 the cache is dark (serves nothing). See :mod:`.cache` for the rules the messages follow.
@@ -9,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, NamedTuple
 
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cache import RecordCache
+from .cache import DELETED, RecordCache, message
 
 logger = logging.getLogger("fastapi_atomic.websession")
 
@@ -34,10 +40,12 @@ class InvalidationFeed:
     def __init__(self, cache: RecordCache) -> None:
         self.cache = cache
         self._task: asyncio.Task[None] | None = None
-        self._connected = asyncio.Event()
+        #: set once the feed subscribed, or found the trigger missing: nothing to wait for
+        self._settled = asyncio.Event()
 
     async def start(self, wait: float = 1.0) -> None:
-        """Start listening; wait up to ``wait`` seconds for the first subscription.
+        """Start listening; wait up to ``wait`` seconds for the first subscription (or for the
+        news that the trigger is missing: then there is nothing to wait for).
 
         Never longer: an app whose Redis is down must still start (and answer 503 where it
         needs the session); its cache stays dark until the feed connects.
@@ -46,7 +54,7 @@ class InvalidationFeed:
             self._task = asyncio.create_task(self._run(), name=f"{type(self).__name__}")
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
-                await self._connected.wait()
+                await self._settled.wait()
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -61,9 +69,8 @@ class InvalidationFeed:
         while True:
             try:
                 async with self._subscribe() as messages:
-                    self.cache.go_dark()  # anything cached before this subscription is suspect
-                    self.cache.live = True
-                    self._connected.set()
+                    self._resync()  # anything cached before this subscription is suspect
+                    self._settled.set()
                     async for change in messages:
                         self.cache.on_message(change)
             except asyncio.CancelledError:
@@ -71,6 +78,7 @@ class InvalidationFeed:
             except TriggerMissing as exc:
                 logger.warning("web-session cache off: %s", exc)
                 self.cache.go_dark()
+                self._settled.set()
                 await asyncio.sleep(self.missing_trigger_delay)
                 continue
             except Exception as exc:
@@ -78,6 +86,11 @@ class InvalidationFeed:
             finally:
                 self.cache.go_dark()
             await asyncio.sleep(self.reconnect_delay)
+
+    def _resync(self) -> None:
+        """Every change from now on will be heard: empty the cache and serve again."""
+        self.cache.go_dark()
+        self.cache.live = True
 
     def _subscribe(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[str]]:
         raise NotImplementedError
@@ -207,3 +220,268 @@ class RedisFeed(InvalidationFeed):
                 # redis-py subscribed again on a new connection by itself (a client that
                 # retries on a ConnectionError): what was published in between is lost.
                 raise ConnectionError("the subscription was renewed; changes may have been lost")
+
+
+class _Changes(NamedTuple):
+    """What the poller read from the change log, in order."""
+
+    messages: list[str]
+    #: rows between the last one read and these were deleted unread: trust nothing cached
+    missed: bool
+
+
+#: what the poller hands over: its first word (None: watching), changes, or why it stopped
+_Report = _Changes | BaseException | None
+
+
+def sqlite_database(url: URL) -> str | None:
+    """The file a SQLite URL names, made absolute; None for a database in memory (no other
+    connection, and so no feed, can see it)."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file::memory:"):
+        return None
+    if "mode=memory" in database or url.query.get("mode") == "memory":
+        return None
+    if _is_uri(url):
+        return database
+    return os.path.abspath(database)
+
+
+def _is_uri(url: URL) -> bool:
+    return str(url.query.get("uri", "")).lower() in ("1", "true", "yes")
+
+
+class SqliteFeed(InvalidationFeed):
+    """Watches a SQLite file for commits, from a thread of its own, and reads the change log.
+
+    SQLite has no NOTIFY. The triggers of :func:`.stores.sql_trigger.sqlite_change_log` write
+    every change of a session into a log table, in the writing transaction; this feed keeps one
+    connection of its own (a plain ``sqlite3`` one, outside the app's pool) and, every
+    ``poll_interval`` seconds, asks ``PRAGMA data_version``, which moves when any other
+    connection, of this process or another, committed to the file. Only then does it read the
+    log rows it has not seen and hand them to the cache as messages. The thread keeps the
+    polls off the event loop; the loop hears from it only when something changed.
+
+    - Polls slow down to ``idle_poll_interval`` once the file has not changed for
+      ``idle_after`` seconds, and speed up at the first commit.
+    - It goes live only once it found the log and its triggers and read the newest id: every
+      later change has a larger id. A schema change is checked again (a migration that rebuilt
+      the table dropped its triggers): without them the cache goes dark.
+    - Every ``purge_interval`` seconds it deletes the log's rows beyond the newest
+      ``keep_changes``, never the newest one, and only if the file is not being written then.
+      Ids are consecutive (an AUTOINCREMENT key, and a rolled-back insert gives its id back):
+      a process that finds the next id it expected gone (deleted unread) empties its cache.
+    - A poller that stopped polling (a file system that hangs) is noticed after ``heartbeat``
+      seconds, and counts as a dropped feed.
+    """
+
+    #: seconds between two looks at the file while it changes
+    poll_interval = 0.002
+    #: seconds between two looks once nothing changed for ``idle_after`` seconds
+    idle_poll_interval = 0.02
+    idle_after = 1.0
+    #: the log's rows kept for feeds that fall behind
+    keep_changes = 10_000
+    purge_interval = 10.0
+    #: seconds a read of the poller waits on a file being written (SQLite's busy timeout)
+    busy_timeout = 2.0
+
+    def __init__(
+        self,
+        cache: RecordCache,
+        database: str,
+        *,
+        change_log: str,
+        table: str,
+        triggers: Sequence[str],
+        uri: bool = False,
+        poll_interval: float | None = None,
+    ) -> None:
+        super().__init__(cache)
+        self.database = database
+        self.change_log = change_log
+        self.table = table
+        self.triggers = tuple(triggers)
+        self.uri = uri
+        if poll_interval is not None:
+            self.poll_interval = poll_interval
+        #: the thread watching the file now, if any
+        self.poller: _Poller | None = None
+
+    @classmethod
+    def for_engine(
+        cls,
+        cache: RecordCache,
+        engine: AsyncEngine,
+        *,
+        change_log: str,
+        table: str,
+        triggers: Sequence[str],
+        poll_interval: float | None = None,
+    ) -> SqliteFeed | None:
+        """The feed of the file ``engine`` uses; None for a database in memory."""
+        database = sqlite_database(engine.url)
+        if database is None:
+            return None
+        return cls(
+            cache,
+            database,
+            change_log=change_log,
+            table=table,
+            triggers=triggers,
+            uri=_is_uri(engine.url),
+            poll_interval=poll_interval,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
+        queue: asyncio.Queue[_Report] = asyncio.Queue()
+        poller = _Poller(self, asyncio.get_running_loop(), queue)
+        self.poller = poller
+        threading.Thread(target=poller.run, name=f"SqliteFeed {self.table}", daemon=True).start()
+        try:
+            async with asyncio.timeout(self.heartbeat):
+                first = await queue.get()
+            if isinstance(first, BaseException):
+                raise first
+            yield self._messages(poller, queue)
+        finally:
+            # Not joined: a cancelled feed (app shut-down) must not wait on a poll that may be
+            # waiting on the file. The thread ends at its next look, closing its connection.
+            poller.stop.set()
+
+    async def _messages(self, poller: _Poller, queue: asyncio.Queue[_Report]) -> AsyncIterator[str]:
+        while True:
+            try:
+                async with asyncio.timeout(self.heartbeat):
+                    report = await queue.get()
+            except TimeoutError:
+                if time.monotonic() - poller.polled_at > self.heartbeat:
+                    raise ConnectionError(
+                        f"the SQLite feed did not look at {self.database} for {self.heartbeat:g} s"
+                    ) from None
+                continue
+            if isinstance(report, BaseException):
+                raise report
+            if report is None:
+                continue
+            if report.missed:
+                logger.info("web-session changes were deleted before this process read them")
+                self._resync()
+            for change in report.messages:
+                yield change
+
+
+class _Poller:
+    """The thread of a :class:`SqliteFeed`: its connection, its polls, and what it found."""
+
+    def __init__(
+        self, feed: SqliteFeed, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Report]
+    ) -> None:
+        self.feed = feed
+        self.loop = loop
+        self.queue = queue
+        self.stop = threading.Event()
+        #: when it last looked at the file (time.monotonic)
+        self.polled_at = time.monotonic()
+        #: its connection, once open
+        self.connection: sqlite3.Connection | None = None
+
+    def report(self, report: _Report) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, report)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.stop.set()
+
+    def run(self) -> None:
+        try:
+            feed = self.feed
+            self.connection = connection = sqlite3.connect(
+                feed.database, uri=feed.uri, timeout=feed.busy_timeout, isolation_level=None
+            )
+            connection.execute("PRAGMA synchronous = NORMAL")  # its purges need no fsync
+            self.watch(connection)
+        except BaseException as exc:  # told to the loop, which reconnects
+            self.report(exc)
+        finally:
+            if self.connection is not None:
+                self.connection.close()
+
+    def watch(self, connection: sqlite3.Connection) -> None:
+        feed = self.feed
+        poll = connection.cursor()
+        data_version = self._scalar(poll, "PRAGMA data_version")
+        schema_version = self._check_triggers(connection)
+        last = self._scalar(connection, f"SELECT coalesce(max(id), 0) FROM {feed.change_log}")
+        self.report(None)
+        interval, changed_at, purge_at = feed.poll_interval, time.monotonic(), 0.0
+        idle_interval = max(feed.poll_interval, feed.idle_poll_interval)
+        while True:
+            time.sleep(interval)  # cheaper to wake from than an Event's wait, when idle
+            if self.stop.is_set():
+                return
+            now = self.polled_at = time.monotonic()
+            version = self._scalar(poll, "PRAGMA data_version")
+            if version == data_version:
+                if now - changed_at >= feed.idle_after:
+                    interval = idle_interval
+            else:
+                data_version, interval, changed_at = version, feed.poll_interval, now
+                if self._scalar(connection, "PRAGMA schema_version") != schema_version:
+                    schema_version = self._check_triggers(connection)
+                rows = connection.execute(
+                    f"SELECT id, key, version FROM {feed.change_log} WHERE id > ? ORDER BY id",
+                    (last,),
+                ).fetchall()
+                if rows:
+                    missed = rows[0][0] > last + 1
+                    last = rows[-1][0]
+                    self.report(_Changes([_message(key, v) for _, key, v in rows], missed))
+            if now >= purge_at:
+                self._purge(connection)
+                purge_at = now + feed.purge_interval
+
+    def _check_triggers(self, connection: sqlite3.Connection) -> int:
+        """The schema's version, once the log and its triggers are found there."""
+        feed = self.feed
+        schema_version = self._scalar(connection, "PRAGMA schema_version")
+        names = {feed.change_log, *feed.triggers}
+        marks = ", ".join("?" for _ in names)
+        found = connection.execute(
+            f"SELECT count(*) FROM sqlite_master WHERE name IN ({marks}) "
+            "AND (type = 'table' OR (type = 'trigger' AND tbl_name = ?))",
+            (*names, feed.table),
+        ).fetchone()[0]
+        if found != len(names):
+            raise TriggerMissing(
+                f"the change log {feed.change_log} or its triggers on {feed.table} are missing: "
+                "create them in a migration (sqlite_change_log); the cache stays off until "
+                "they are there"
+            )
+        return schema_version
+
+    def _purge(self, connection: sqlite3.Connection) -> None:
+        """Delete the log's oldest rows, if there are too many and nobody is writing."""
+        log, keep = self.feed.change_log, max(1, self.feed.keep_changes)
+        oldest, newest = connection.execute(f"SELECT min(id), max(id) FROM {log}").fetchone()
+        if newest is None or newest - oldest < keep:
+            return
+        connection.execute("PRAGMA busy_timeout = 0")  # never wait for a writer: next time
+        try:
+            connection.execute(f"DELETE FROM {log} WHERE id <= ?", (newest - keep,))
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+        finally:
+            connection.execute(f"PRAGMA busy_timeout = {int(self.feed.busy_timeout * 1000)}")
+
+    @staticmethod
+    def _scalar(connection: sqlite3.Connection | sqlite3.Cursor, query: str) -> int:
+        return int(connection.execute(query).fetchone()[0])
+
+
+def _message(key: str, version: int | None) -> str:
+    """A change-log row as the message the cache reads (see :mod:`.stores.sql_trigger`)."""
+    if version is None:
+        return message(key, DELETED)
+    return message(key, version if version > 0 else None)

@@ -24,6 +24,21 @@ class TestSqlStoreOnSqlite(WebSessionStoreContract):
         return sqlite_engine
 
 
+class TestCachedSqlStoreOnSqlite(WebSessionStoreContract):
+    """Served from memory, fed by the change log (a second app on the file keeps it busy)."""
+
+    @pytest.fixture
+    def store(self, sqlite_apps: list[tuple[AsyncEngine, SqlStore]]) -> SqlStore:
+        return sqlite_apps[0][1]
+
+    @pytest.fixture
+    def engine(self, sqlite_apps: list[tuple[AsyncEngine, SqlStore]]) -> AsyncEngine:
+        return sqlite_apps[0][0]
+
+    async def test_the_cache_is_live(self, store: SqlStore) -> None:
+        assert store.cache is not None and store.cache.live
+
+
 class TestSqlStoreOnPostgres(WebSessionStoreContract):
     @pytest.fixture
     def store(self, sessions_table: Table) -> SqlStore:

@@ -28,10 +28,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from ..cache import RecordCache
-from ..feeds import PostgresFeed
+from ..feeds import InvalidationFeed, PostgresFeed, SqliteFeed
 from ..record import SessionRecord
 from .base import WebSessionStore
-from .sql_trigger import notify_channel, trigger_name
+from .sql_trigger import change_log_name, notify_channel, sqlite_trigger_names, trigger_name
 
 logger = logging.getLogger("fastapi_atomic.websession")
 
@@ -49,17 +49,23 @@ def web_sessions_table(metadata: MetaData, name: str = "web_sessions") -> Table:
 
 
 class SqlStore(WebSessionStore):
-    """``cache=True`` answers reads from memory on PostgreSQL (see :mod:`..cache`).
+    """``cache=True`` answers reads from memory (see :mod:`..cache`).
 
-    The cache needs the trigger of :func:`.sql_trigger.postgres_notify_trigger` (create it in
-    a migration); without it, or on SQLite, every read goes to the database.
+    The cache needs its feed's triggers, created in a migration: on PostgreSQL those of
+    :func:`.sql_trigger.postgres_notify_trigger` (LISTEN/NOTIFY), on a SQLite file the change
+    log of :func:`.sql_trigger.sqlite_change_log`, which the feed looks at every
+    ``poll_interval`` seconds. Without them, or on a SQLite database in memory (which no other
+    connection could watch), every read goes to the database.
     """
 
-    def __init__(self, table: Table, *, cache: bool | RecordCache = False) -> None:
+    def __init__(
+        self, table: Table, *, cache: bool | RecordCache = False, poll_interval: float = 0.002
+    ) -> None:
         super().__init__()
         self.table = table
         self.cache = RecordCache.from_option(cache)
-        self._feed: PostgresFeed | None = None
+        self.poll_interval = poll_interval
+        self._feed: InvalidationFeed | None = None
         # Built once, with bind parameters: these run on every request that saves a session.
         self._select = select(table.c.record).where(table.c.key == bindparam("key"))
         self._compare_and_set = (
@@ -145,11 +151,24 @@ class SqlStore(WebSessionStore):
     async def start(self, engine: AsyncEngine) -> None:
         if self.cache is None or self._feed is not None:
             return
-        if engine.dialect.name != "postgresql":
-            logger.info("web-session cache off: it needs PostgreSQL's LISTEN/NOTIFY")
+        if engine.dialect.name == "postgresql":
+            trigger = trigger_name(self.table)
+            self._feed = PostgresFeed(self.cache, engine, notify_channel(self.table), trigger)
+        elif engine.dialect.name == "sqlite":
+            self._feed = SqliteFeed.for_engine(
+                self.cache,
+                engine,
+                change_log=change_log_name(self.table),
+                table=self.table.name,
+                triggers=sqlite_trigger_names(self.table),
+                poll_interval=self.poll_interval,
+            )
+            if self._feed is None:
+                logger.info("web-session cache off: nothing can watch a SQLite database in memory")
+                return
+        else:
+            logger.info("web-session cache off: no change feed for %s", engine.dialect.name)
             return
-        trigger = trigger_name(self.table)
-        self._feed = PostgresFeed(self.cache, engine, notify_channel(self.table), trigger)
         await self._feed.start()
 
     async def aclose(self) -> None:

@@ -8,16 +8,26 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from shop.db.models import Base
+from fastapi_atomic.websession.stores.sql_trigger import change_log_name
+from shop.db.models import Base, web_sessions
 
 config = context.config
 target_metadata = Base.metadata
+#: made by migration 0006 with its triggers, not a model: autogenerate must not drop it
+CHANGE_LOG = change_log_name(web_sessions)
+
+
+def _not_the_change_log(
+    _object: object, name: str | None, type_: str, _reflected: bool, _compare_to: object
+) -> bool:
+    return not (type_ == "table" and name == CHANGE_LOG)
 
 
 def _migrate(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=_not_the_change_log,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
     )
