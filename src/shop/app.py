@@ -35,7 +35,8 @@ from .api.responses import TOO_LARGE, UNAVAILABLE
 from .db.models import idempotency_keys, web_sessions
 from .errors import Conflict, ShopError
 from .payments import HttpGateway, build_gateway
-from .request_ids import RequestIdMiddleware
+from .request_ids import HEADER as REQUEST_ID_HEADER
+from .request_ids import RequestIdMiddleware, request_id
 from .services.accounts import ensure_admin
 from .services.throttle import LoginThrottle
 from .settings import Settings
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
     if websessions.cookie_name != SESSION_COOKIE:
         _name_session_cookie(app, websessions.cookie_name)
     return app
@@ -175,6 +177,17 @@ async def _ping_database(engine: AsyncEngine) -> None:
 async def _shop_error(_request: Request, exc: ShopError) -> JSONResponse:
     headers = {"Retry-After": "1"} if exc.status_code == 503 else None
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+    """A bug (the server logs it with its traceback): JSON like every other error, naming the
+    request id to look for in the log, and ``Connection: close``, because the server closes
+    the connection after an unhandled exception and a client reusing it would fail."""
+    rid = request_id.get()
+    detail = f"Internal error; it was logged under request id {rid}."
+    # Sent by the outermost middleware, past the request-id one: the id is set here.
+    headers = {"Connection": "close", REQUEST_ID_HEADER: rid}
+    return JSONResponse({"detail": detail}, status_code=500, headers=headers)
 
 
 async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -33,3 +33,20 @@ async def test_overriding_the_login_throttle(app: FastAPI, new_shopper: NewShopp
     async with client_for(app) as browser:
         assert (await browser.post("/api/session", json=wrong)).status_code == 401
         assert (await browser.post("/api/session", json=wrong)).status_code == 429
+
+
+async def test_a_bug_is_a_json_500_that_closes_the_connection(app: FastAPI) -> None:
+    """Nothing a client sends should cause one; if a bug does, the answer is still JSON, and
+    says the connection closes (the server closes it after an unhandled exception)."""
+
+    def broken() -> LoginThrottle:
+        raise RuntimeError("a bug")
+
+    app.dependency_overrides[get_login_throttle] = broken
+    wrong = {"email": "someone@example.com", "password": "not the password"}
+    async with client_for(app) as browser:
+        response = await browser.post("/api/session", json=wrong, headers={"X-Request-ID": "bug-1"})
+    assert response.status_code == 500
+    assert response.headers["connection"] == "close"
+    assert response.headers["x-request-id"] == "bug-1"
+    assert response.json() == {"detail": "Internal error; it was logged under request id bug-1."}
