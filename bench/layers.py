@@ -261,13 +261,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=REQUESTS, help="requests a round")
     arguments = parser.parse_args()
     ROUNDS, REQUESTS = arguments.rounds, arguments.requests
-    databases = Databases(Path(tempfile.mkdtemp(prefix="bench-layers-")))
-    try:
-        url = databases.postgres()
-        reads = asyncio.run(session_read_layers(url))
-        statements = asyncio.run(statement_costs(databases.postgres()))
-    finally:
-        databases.drop()
+    # The folder goes at the end too, with the databases, as in bench.run.
+    with tempfile.TemporaryDirectory(prefix="bench-layers-") as folder:
+        databases = Databases(Path(folder))
+        try:
+            url = databases.postgres()
+            reads = asyncio.run(session_read_layers(url))
+            statements = asyncio.run(statement_costs(databases.postgres()))
+        finally:
+            databases.drop()
     print("| an authenticated session read, in-process | µs a request |")
     print("| --- | ---: |")
     for name, micros in reads:

@@ -1,9 +1,14 @@
 """The popular way, as FastAPI's SQL tutorial teaches it: a signed-cookie session (Starlette's
-SessionMiddleware), a sync SQLAlchemy engine (psycopg) with a ``def get_db`` dependency, ``def``
-routes (run in the thread pool) and try/commit/except/rollback in the route. Same database and
-tables as the shop, to compare.
+SessionMiddleware), a sync SQLAlchemy engine with a ``def get_db`` dependency, ``def`` routes
+(run in the thread pool) and try/commit/except/rollback in the route. Same database and tables
+as the shop, to compare: psycopg on PostgreSQL; on SQLite the standard library's sqlite3 with
+``check_same_thread=False``, as the tutorial creates its engine, and no pragma of its own:
+the shop's file is already in WAL mode (a file keeps it), ``synchronous`` stays FULL,
+sqlite3's busy timeout is 5 s and its transaction begins at the first write (the reads before
+it see whatever was committed last, so concurrent writes lose updates, as on PostgreSQL).
 
-Environment: BENCH_DATABASE_URL (postgresql+asyncpg://…, the shop's URL), BENCH_SECRET.
+Environment: BENCH_DATABASE_URL (the shop's URL: postgresql+asyncpg://… or
+sqlite+aiosqlite:///…), BENCH_SECRET.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
 
-from shop.db.models import Account, Order, OrderItem, Product, User
+from shop.db.models import Account, Order, OrderItem, Product, Transfer, User
 
 url = make_url(os.environ.get("BENCH_DATABASE_URL", "sqlite:///bench.db"))
+sqlite = url.get_backend_name() == "sqlite"
 engine = create_engine(
-    url.set(drivername="postgresql+psycopg") if url.get_backend_name() == "postgresql" else url,
+    url.set(drivername="sqlite+pysqlite" if sqlite else "postgresql+psycopg"),
+    connect_args={"check_same_thread": False} if sqlite else {},
     pool_size=10,
     max_overflow=10,
 )
@@ -99,3 +106,28 @@ def checkout(request: Request, body: dict[str, Any], db: DB) -> dict[str, Any]:
         raise
     request.session["order_ids"] = [*request.session["order_ids"], order.id]
     return {"id": order.id, "status": "paid", "total": total}
+
+
+@app.post("/api/transfers", status_code=201)
+def transfer(request: Request, body: dict[str, int], db: DB) -> dict[str, Any]:
+    if "user_id" not in request.session:
+        raise HTTPException(401, "Not logged in.")
+    try:
+        source = db.get(Account, body["from_account_id"])
+        destination = db.get(Account, body["to_account_id"])
+        if source is None or source.user_id != request.session["user_id"]:
+            raise HTTPException(404, "Account not found.")
+        if destination is None or destination is source:
+            raise HTTPException(404, "Account not found.")
+        amount = body["amount"]
+        if amount <= 0 or source.balance < amount:
+            raise HTTPException(409, "Insufficient funds.")
+        source.balance -= amount  # read-modify-write: loses updates under load
+        destination.balance += amount
+        record = Transfer(from_account_id=source.id, to_account_id=destination.id, amount=amount)
+        db.add(record)
+        db.commit()
+    except Exception:
+        db.rollback()
+        raise
+    return {"id": record.id, "amount": amount}

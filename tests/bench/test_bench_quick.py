@@ -64,6 +64,16 @@ def test_targets_compare_each_row_with_its_baseline(bench: ModuleType, tmp_path:
         _row(run.SESSION_READ_SQL, 64, 6000, 20),
         {"scenario": run.SESSION_READ_REDIS, "skipped": "Redis not reachable"},
         _row(run.POPULAR_SESSION_READ, 64, 5000, 20),
+        # SQLite: twice the popular recipe and p99 <= 300 ms (absolute); 60% of the higher floor
+        _row(run.SHOP_TRANSFER_SQLITE, 64, 400, 300),  # exactly 2 x and 300 ms: met
+        {
+            **_row(run.POPULAR_TRANSFER_SQLITE, 64, 200, 900),
+            "violations": ["balances 9 + spent 0 != deposited 10"],
+        },
+        _row(run.SHOP_ACCOUNT_CHECKOUT_SQLITE, 64, 399, 301),  # below 2 x, above 300 ms
+        _row(run.POPULAR_ACCOUNT_CHECKOUT_SQLITE, 64, 200, 900),
+        _row(run.SESSION_READ_SQLITE, 64, 6500, 20),  # 0.65 x the first floor, 0.59 x the last
+        _row(run.FLOOR_AGAIN, 64, 11_000, 10),
     ]
     run.write_report(rows, tmp_path, quick=False, argv=["test"])
     targets = json.loads((tmp_path / "latest.json").read_text())["targets"]
@@ -78,22 +88,42 @@ def test_targets_compare_each_row_with_its_baseline(bench: ModuleType, tmp_path:
         (run.SHOP_CARD_CHECKOUT, "p99_ms", run.CEILING_CARD_CHECKOUT): "not met",
         (run.SESSION_READ_SQL, "rps", run.POPULAR_SESSION_READ): "met",
         (run.SESSION_READ_REDIS, "rps", run.POPULAR_SESSION_READ): "not judged",
+        (run.SHOP_TRANSFER_SQLITE, "rps", run.POPULAR_TRANSFER_SQLITE): "met",
+        (run.SHOP_TRANSFER_SQLITE, "p99_ms", None): "met",
+        (run.SHOP_ACCOUNT_CHECKOUT_SQLITE, "rps", run.POPULAR_ACCOUNT_CHECKOUT_SQLITE): "not met",
+        (run.SHOP_ACCOUNT_CHECKOUT_SQLITE, "p99_ms", None): "not met",
+        (run.SESSION_READ_SQLITE, "rps", run.FLOOR): "not met",
     }
     by_id = {t["id"]: t for t in targets}
     transfer = next(t for t in targets if t["scenario"] == run.SHOP_TRANSFER)
     assert transfer["connections"] == 64 and transfer["ratio"] == 0.75
     redis = next(t for t in targets if t["scenario"] == run.SESSION_READ_REDIS)
     assert "Redis not reachable" in redis["reason"] and redis["ratio"] is None
+    # An absolute bound: no baseline row, no ratio, the bound as its threshold.
+    bound = next(
+        t for t in targets if t["scenario"] == run.SHOP_TRANSFER_SQLITE and not t["baseline"]
+    )
+    assert bound["threshold"] == 300 and bound["ratio"] is None and bound["value"] == 300
+    # The floor as a baseline is the higher of its two measurements.
+    floor = next(t for t in targets if t["baseline"] == run.FLOOR)
+    assert floor["baseline_value"] == 11_000 and floor["baseline_row"] == run.FLOOR_AGAIN
     report = (tmp_path / "latest.md").read_text()
     for line in report.splitlines():
         if line.startswith("| T"):
             target = by_id[line.split(" | ")[0].removeprefix("| ")]
-            assert target["scenario"] in line and target["baseline"] in line
+            assert target["scenario"] in line and (target["baseline"] or "absolute") in line
             assert _verdict_cell(line) == target["verdict"], line
-    # The floor stays a reference column.
-    assert next(r for r in json.loads((tmp_path / "latest.json").read_text())["scenarios"])[
-        "percent_of_floor"
-    ] == pytest.approx(100)
+            # A baseline that lost money says so beside the verdict.
+            lost = target["baseline"] == run.POPULAR_TRANSFER_SQLITE
+            assert ("balances 9 + spent 0 != deposited 10" in line) == lost, line
+    # The floor stays a reference column, the higher of its two measurements at 100%.
+    shares = {
+        row["scenario"]: row["percent_of_floor"]
+        for row in json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+        if "rps" in row
+    }
+    assert shares[run.FLOOR_AGAIN] == pytest.approx(100)
+    assert shares[run.FLOOR] == pytest.approx(100 * 10_000 / 11_000, abs=0.1)
     assert (tmp_path / "latest.png").stat().st_size > 0
 
 
@@ -104,9 +134,14 @@ def test_only_runs_the_baselines_of_the_targets_it_selects(bench: ModuleType) ->
         run.CEILING_ACCOUNT_CHECKOUT,
         run.POPULAR_ACCOUNT_CHECKOUT,
     }
+    assert run.selected(run.SHOP_TRANSFER_SQLITE) == {
+        run.SHOP_TRANSFER_SQLITE,
+        run.POPULAR_TRANSFER_SQLITE,
+    }
     names = {scenario.name for scenario in run.scenarios()}
     for target in run.TARGETS:
-        assert {target.scenario, target.baseline} <= names, target
+        assert target.scenario in names, target
+        assert target.baseline is None or target.baseline in names, target
         measured = next(s for s in run.scenarios() if s.name == target.scenario)
         assert run.JUDGED_AT in measured.connection_counts, target
 
@@ -173,18 +208,24 @@ def test_quick_benchmark_run(
     ]
     for target in targets:
         assert target["verdict"] in VERDICTS, target
-        assert target["baseline"] in names, target
+        absolute = target["baseline"] is None  # a bound (p99 <= 300 ms): no baseline row
+        assert absolute or target["baseline"] in names, target
         if {target["scenario"], target["baseline"]} & skipped:
             assert target["verdict"] == "not judged" and target["reason"], target
         else:
             assert target["verdict"] in {"met", "not met"}, target
-            assert target["ratio"] is not None and target["baseline_value"] > 0, target
+            assert target["threshold"] is not None and target["value"] is not None, target
+            assert absolute or (target["ratio"] is not None and target["baseline_value"] > 0)
         line = next(line for line in report.splitlines() if line.startswith(f"| {target['id']} |"))
-        assert target["scenario"] in line and target["baseline"] in line, line
+        assert target["scenario"] in line and (target["baseline"] or "absolute") in line, line
         assert _verdict_cell(line) == target["verdict"], line
-    # A process that kept serving a revoked session for 10 s would have failed the run.
-    for window in results["revocation_windows"]:
+    # A process that kept serving a revoked session for 10 s would have failed the run; SQLite
+    # has its window too (two processes on one file), with or without a change feed.
+    windows = results["revocation_windows"]
+    assert ("sql", "sqlite") in {(w["store"], w["database"]) for w in windows}
+    for window in windows:
         assert window["trials"] == 3 and window["p50_ms"] <= window["max_ms"], window
+        assert window["cache_live"] in (True, False, None), window
 
 
 @pytest.mark.timeout(300)
