@@ -11,11 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from alembic import command
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from prometheus_client import REGISTRY
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shop.app import create_app
+from shop.db.migrate import alembic_config
 from shop.settings import Settings
 
 ADMIN = ("admin@example.com", "admin-password")
@@ -155,3 +159,15 @@ class Deadlocks:
     def count(self) -> float:
         phases = sum("after deadlock" in r.getMessage() for r in self._caplog.records)
         return self._retried_requests() - self._requests + phases
+
+
+async def migrate(engine: AsyncEngine, url: str, direction: str, revision: str) -> None:
+    """Run an Alembic command (``upgrade``, ``downgrade``) to ``revision`` on ``engine``."""
+
+    def run(connection: Connection) -> None:
+        config = alembic_config(url)
+        config.attributes["connection"] = connection
+        getattr(command, direction)(config, revision)
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)

@@ -3,25 +3,14 @@ up again on PostgreSQL, each installing its own version of the trigger."""
 
 from __future__ import annotations
 
-from alembic import command
+from shop_testing import migrate
 from sqlalchemy import text
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from fastapi_atomic.websession import postgres_notify_trigger
 from fastapi_atomic.websession.stores.sql_trigger import trigger_name
-from shop.db.migrate import alembic_config, upgrade
+from shop.db.migrate import upgrade
 from shop.db.models import web_sessions
-
-
-async def migrate(engine: AsyncEngine, url: str, direction: str, revision: str) -> None:
-    def run(connection: Connection) -> None:
-        config = alembic_config(url)
-        config.attributes["connection"] = connection
-        getattr(command, direction)(config, revision)
-
-    async with engine.begin() as connection:
-        await connection.run_sync(run)
 
 
 async def downgrade(engine: AsyncEngine, url: str, revision: str) -> None:

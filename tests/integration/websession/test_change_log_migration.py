@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from shop_testing import migrate
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -19,20 +19,10 @@ from fastapi_atomic.websession.stores.sql_trigger import (
     sqlite_trigger_names,
     trigger_name,
 )
-from shop.db.migrate import alembic_config, upgrade
+from shop.db.migrate import upgrade
 from shop.db.models import Base, web_sessions
 
 LOG = change_log_name(web_sessions)
-
-
-async def migrate(engine: AsyncEngine, url: str, direction: str, revision: str) -> None:
-    def run(connection: Connection) -> None:
-        config = alembic_config(url)
-        config.attributes["connection"] = connection
-        getattr(command, direction)(config, revision)
-
-    async with engine.begin() as connection:
-        await connection.run_sync(run)
 
 
 async def sqlite_objects(engine: AsyncEngine) -> dict[str, str]:

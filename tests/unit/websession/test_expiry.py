@@ -8,27 +8,28 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_atomic import AtomicMiddleware, create_engine
 from fastapi_atomic.websession import MemoryStore, WebSessionDep, WebSessionManager
+
+
+def session_app(now: list[float], **timeouts: float) -> tuple[FastAPI, AsyncEngine]:
+    """An app with web sessions in memory, on a clock the test moves (``now[0]``)."""
+    manager = WebSessionManager(
+        MemoryStore(), ["k" * 32], secure=False, clock=lambda: now[0], **timeouts
+    )
+    engine = create_engine("sqlite+aiosqlite://")
+    app = FastAPI()
+    app.add_middleware(AtomicMiddleware, engine=engine, websessions=manager)
+    return app, engine
 
 
 async def test_regenerating_does_not_restart_the_absolute_clock() -> None:
     """Found by the state-machine test: an anonymous session regenerated every few minutes
     outlived its absolute timeout, because the new id got a new start time."""
     now = [1_000_000.0]
-    manager = WebSessionManager(
-        MemoryStore(),
-        ["k" * 32],
-        idle_timeout=100,
-        absolute_timeout=250,
-        touch_interval=0,
-        secure=False,
-        clock=lambda: now[0],
-    )
-    engine = create_engine("sqlite+aiosqlite://")
-    app = FastAPI()
-    app.add_middleware(AtomicMiddleware, engine=engine, websessions=manager)
+    app, engine = session_app(now, idle_timeout=100, absolute_timeout=250, touch_interval=0)
 
     @app.post("/write")
     async def write(websession: WebSessionDep) -> None:
@@ -64,18 +65,7 @@ IDLE, TOUCH = 100.0, 30.0
 async def idle_client() -> AsyncIterator[tuple[httpx.AsyncClient, list[float]]]:
     """A session app whose clock the test moves, with an idle timeout and a touch interval."""
     now = [1_000_000.0]
-    manager = WebSessionManager(
-        MemoryStore(),
-        ["k" * 32],
-        idle_timeout=IDLE,
-        absolute_timeout=10_000,
-        touch_interval=TOUCH,
-        secure=False,
-        clock=lambda: now[0],
-    )
-    engine = create_engine("sqlite+aiosqlite://")
-    app = FastAPI()
-    app.add_middleware(AtomicMiddleware, engine=engine, websessions=manager)
+    app, engine = session_app(now, idle_timeout=IDLE, absolute_timeout=10_000, touch_interval=TOUCH)
 
     @app.post("/start")
     async def start(websession: WebSessionDep) -> None:
