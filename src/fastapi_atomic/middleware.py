@@ -149,7 +149,14 @@ class AtomicMiddleware:
                     await send(start)
                     await send({"type": "http.response.body", "body": exc.body})
                     return
-                reason = exc.reason if isinstance(exc, _Retry) else retry_reason(exc)
+                # A failed COMMIT is final (_Unavailable): its cause may be a lost connection,
+                # but the COMMIT may have landed, and a re-run would do everything twice.
+                if isinstance(exc, _Retry):
+                    reason: str | None = exc.reason
+                elif isinstance(exc, _Unavailable):
+                    reason = None
+                else:
+                    reason = retry_reason(exc)
                 if reason is not None:
                     if uow._can_retry and body.replayable and attempt < self.backoff.attempts:
                         self.metrics.retries.labels(reason=reason).inc()
@@ -307,14 +314,19 @@ class _Responder:
             await self.uow._rollback()
             reason = retry_reason(exc)
             self.metrics.rollback(reason or "commit_failed").inc()
-            # A connection lost during COMMIT leaves the outcome unknown: never re-run that.
-            if reason not in (None, CONNECTION_LOST) and self.uow._can_retry:
+            # A connection lost during the COMMIT itself leaves the outcome unknown: never
+            # re-run that. Lost before it (in a before-commit hook), nothing was committed.
+            unknown = reason == CONNECTION_LOST and self.uow._commit_sent
+            if reason is not None and not unknown and self.uow._can_retry:
                 raise _Retry(str(reason)) from exc
-            detail = _unavailable_detail(exc)
-            if detail is None and reason == CONNECTION_LOST:
+            if unknown:  # asked first: a lost connection is "unavailable" too
                 logger.exception("connection lost during COMMIT; the outcome is unknown")
-                detail = "The database connection was lost while saving; the outcome is unknown."
-            elif detail is None:
+                detail: str | None = (
+                    "The database connection was lost while saving; the outcome is unknown."
+                )
+            else:
+                detail = _unavailable_detail(exc)
+            if detail is None:
                 logger.exception("commit failed; the client gets a 503")
                 detail = "The request could not be saved; nothing was changed. Try again."
             raise _Unavailable(self.uow._failure_detail or detail) from exc

@@ -75,6 +75,7 @@ class FakeUnitOfWork(UnitOfWork):
         work: Callable[[AsyncSession], Awaitable[T]],
         *,
         isolation_level: IsolationLevel | None = None,
+        idempotent: bool = False,
     ) -> T:
         async with self.savepoint() as db:
             result = await work(db)

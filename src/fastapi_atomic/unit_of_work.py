@@ -29,7 +29,7 @@ from starlette.datastructures import MutableHeaders
 
 from .engine import SQLITE_BEGIN_OPTION, writer_engine
 from .exceptions import ConfigurationError, TooLate
-from .retry import Backoff, retry_reason
+from .retry import CONNECTION_LOST, Backoff, retry_reason
 
 logger = logging.getLogger("fastapi_atomic")
 
@@ -57,12 +57,17 @@ class UnitOfWork(abc.ABC):
         work: Callable[[AsyncSession], Awaitable[T]],
         *,
         isolation_level: IsolationLevel | None = None,
+        idempotent: bool = False,
     ) -> T:
         """Run ``work`` in a transaction of its own and commit it now, retrying it if it must.
 
         For work that has to be durable before a call to the outside world (reserve stock,
         then charge a card): the phase's effects survive whatever the rest of the request does.
         ORM objects it returns are detached from its session, their loaded attributes readable.
+
+        A COMMIT whose connection broke may have landed: the phase is then run again only if
+        it is ``idempotent`` (it finds what an earlier run of it committed, by a key, and goes
+        on from there); otherwise the error is raised, and the request is not re-run either.
         """
 
     @abc.abstractmethod
@@ -203,6 +208,8 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         self._after_commit_hooks: list[list[Hook]] = [[]]
         self._phases_committed = 0
         self._committed = False
+        #: the COMMIT was sent: if it failed with the connection, it may have landed
+        self._commit_sent = False
         self._rolled_back = False
         #: the response depends on the client's session (see :meth:`_keep_private`)
         self._private = False
@@ -238,6 +245,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         work: Callable[[AsyncSession], Awaitable[T]],
         *,
         isolation_level: IsolationLevel | None = None,
+        idempotent: bool = False,
     ) -> T:
         # After the first phase the request as a whole is no longer re-run on a serialization
         # failure (its phases are durable); each phase is retried on its own instead.
@@ -245,12 +253,19 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         attempt = 1
         while True:
             db = self._new_session(isolation_level, write=True)
+            committing = False
             try:
                 result = await work(db)
+                committing = True
                 await _end(db, "commit")
             except Exception as exc:
                 await _end(db, "rollback")
                 reason = retry_reason(exc)
+                if committing and reason == CONNECTION_LOST and not idempotent:
+                    # The COMMIT may have landed: neither this phase nor the request may run
+                    # again (it would do the phase's work twice).
+                    self._phases_committed += 1
+                    raise
                 if reason is None or attempt >= self._phase_backoff.attempts:
                     raise
                 logger.info("retrying phase after %s (attempt %d)", reason, attempt)
@@ -350,6 +365,7 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
         for hook in self._before_commit_hooks:
             await _call(hook)
         if self._session is not None and self._session.in_transaction():
+            self._commit_sent = True
             await _end(self._session, "commit")
         self._committed = True
         for fill in self._right_after_commit_hooks:

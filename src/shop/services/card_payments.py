@@ -90,29 +90,27 @@ async def reserve(
     payment (:func:`add_payment`) under ``key``.
 
     ``client_key`` is the key derived from the client's Idempotency-Key: a retry of the same
-    request finds the payment its first attempt reserved, and goes on from there. Without one,
-    the key is new, and nothing can have been reserved under it before.
+    request finds the payment its first attempt reserved, and goes on from there. Without one
+    the key is new, but the phase may still run twice (its COMMIT reached the server, then the
+    connection broke): it looks for the key first all the same, which makes it idempotent.
     """
     key = client_key or f"{purpose}_{uuid.uuid4().hex}"
 
     async def phase(db: AsyncSession) -> Payment:
-        if client_key is not None:
-            earlier: Payment | None = await db.scalar(
-                select(Payment).where(Payment.gateway_key == key)
-            )
-            if earlier is not None:
-                if earlier.status == "pending":
-                    # Going on with it: hold its lease again, unless reconcile ended it first.
-                    until = utcnow() + gateway.charge_lease
-                    leased = await db.execute(_LEASE, {"key": key, "until": until})
-                    if leased.rowcount:  # type: ignore[attr-defined]
-                        earlier.charging_until = until
-                    else:
-                        await db.refresh(earlier)
-                return earlier
+        earlier: Payment | None = await db.scalar(select(Payment).where(Payment.gateway_key == key))
+        if earlier is not None:
+            if earlier.status == "pending":
+                # Going on with it: hold its lease again, unless reconcile ended it first.
+                until = utcnow() + gateway.charge_lease
+                leased = await db.execute(_LEASE, {"key": key, "until": until})
+                if leased.rowcount:  # type: ignore[attr-defined]
+                    earlier.charging_until = until
+                else:
+                    await db.refresh(earlier)
+            return earlier
         return await hold(db, key)
 
-    return await uow.run_phase(phase)
+    return await uow.run_phase(phase, idempotent=True)
 
 
 async def add_payment(

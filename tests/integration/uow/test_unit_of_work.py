@@ -33,6 +33,7 @@ from fastapi_atomic import (
     create_engine,
     isolation_level,
 )
+from fastapi_atomic.engine import writer_engine
 
 metadata = MetaData()
 items = Table(
@@ -227,6 +228,16 @@ def build_app(harness: Harness, barrier: asyncio.Barrier | None = None) -> FastA
     @app.get("/no-db")
     async def no_db() -> dict[str, bool]:
         return {"ok": True}
+
+    @app.post("/phase/{name}")
+    async def phase(name: str, uow: UnitOfWorkDep, idempotent: bool = False) -> None:
+        async def insert_once(db: Any) -> None:
+            harness.hooks.append("phase ran")
+            found = await db.scalar(select(items.c.id).where(items.c.name == name))
+            if found is None or not idempotent:
+                await db.execute(insert(items).values(name=name))
+
+        await uow.run_phase(insert_once, idempotent=idempotent)
 
     @app.post("/phase-then-decline/{name}")
     async def phase_then_decline(name: str, uow: UnitOfWorkDep) -> None:
@@ -486,3 +497,35 @@ async def test_a_failed_statement_never_shows_its_bound_values(harness: Harness)
             await connection.execute(insert(items).values(name=secret))
     assert secret not in str(raised.value)
     assert "parameters hidden" in str(raised.value)
+
+
+@pytest.mark.parametrize("idempotent", [False, True])
+async def test_a_phase_whose_commit_lost_its_connection_runs_again_only_if_idempotent(
+    harness: Harness, idempotent: bool
+) -> None:
+    """The COMMIT reached the database, then the connection broke: the phase's work is there.
+    Run again, a phase that does not look for its earlier work would do it twice (a second
+    row here, a duplicate key in the shop); the request must not be re-run either."""
+    failed = False
+
+    def commit_then_lose_the_connection(connection: Any) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            connection.connection.commit()  # it landed...
+            raise OperationalError("COMMIT", {}, Exception("lost"), connection_invalidated=True)
+
+    writer = writer_engine(harness.engine).sync_engine
+    event.listen(writer, "commit", commit_then_lose_the_connection)
+    try:
+        async with client_for(build_app(harness)) as client:
+            response = await client.post(f"/phase/once?idempotent={str(idempotent).lower()}")
+    finally:
+        event.remove(writer, "commit", commit_then_lose_the_connection)
+    assert await harness.names() == ["once"]  # its work done once, whatever the answer
+    if idempotent:
+        assert response.status_code == 200
+        assert harness.hooks == ["phase ran", "phase ran"]  # found its earlier work
+    else:
+        assert response.status_code == 503
+        assert harness.hooks == ["phase ran"]  # not the phase again, nor the request
