@@ -15,7 +15,8 @@ of the server, then change what the network does while requests are in flight:
   time in a range): a slow network;
 - :meth:`~FaultProxy.hang` accepts connections and forwards nothing, until the fault is lifted
   (then the held bytes flow, as after a network partition that healed) or the connections are
-  cut.
+  cut; :meth:`~FaultProxy.hang_on` starts that hang the moment a client sends a marker (that
+  packet held as well).
 
 Only connections made through the proxy are touched: a cut closes the proxy's own two sockets,
 and the server sees an ordinary client going away.
@@ -65,6 +66,8 @@ class _CutRule:
     remaining: int | None
     #: matches to let through before the first cut
     skip: int = 0
+    #: refuse new connections once it cut one (a server that died right after)
+    and_refuse: bool = False
     #: client bytes each connection had sent when the rule was armed
     baseline: dict[int, int] = field(default_factory=dict)
 
@@ -80,6 +83,8 @@ class _Link:
         self.client_bytes = 0
         #: the last bytes of the client's stream, so a marker split across chunks is found
         self.tail = b""
+        #: the client's latest chunk: what it waits for an answer to, if anything
+        self.latest = b""
         #: set once the link is being cut: nothing more is forwarded either way
         self.cut = False
         #: set with ``cut``, for pumps that wait for a hang to end
@@ -112,12 +117,13 @@ class FaultProxy:
         #: connections accepted, in total (refused ones included)
         self.connections = 0
         #: faults injected, by kind: "refused", "cut", "cut_after_bytes",
-        #: "cut_before_forwarding", "cut_after_forwarding", "delayed", "held",
-        #: "target_unreachable"
+        #: "cut_before_forwarding", "cut_after_forwarding", "delayed", "hang" (by hang_on),
+        #: "held" (chunks held by a hang), "target_unreachable"
         self.faults: Counter[str] = Counter()
         self._mode = Mode.PASS
         self._delay: tuple[float, float] = (0.0, 0.0)
         self._rules: list[_CutRule] = []
+        self._hang_markers: list[bytes] = []
         self._links: dict[int, _Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -215,6 +221,7 @@ class FaultProxy:
             self._mode = Mode.PASS
             self._delay = (0.0, 0.0)
             self._rules.clear()
+            self._hang_markers.clear()
             assert self._flowing is not None
             self._flowing.set()
 
@@ -228,6 +235,11 @@ class FaultProxy:
         """Accept connections but forward nothing, either way, until the fault is lifted."""
         self._on_loop(lambda: self._set_mode(Mode.HANG))
 
+    def hang_on(self, marker: bytes) -> None:
+        """Hang (as :meth:`hang`) as soon as a client sends ``marker``, holding that packet."""
+        assert marker, "an empty marker would match everything"
+        self._on_loop(lambda: self._hang_markers.append(marker))
+
     def delay(self, seconds: float | tuple[float, float]) -> None:
         """Hold each chunk, both ways, ``seconds`` (or a uniform time in ``(low, high)``)."""
         low, high = (seconds, seconds) if isinstance(seconds, int | float) else seconds
@@ -237,16 +249,24 @@ class FaultProxy:
 
         self._on_loop(apply)
 
-    def cut_all(self) -> int:
-        """Cut every open connection now, both sides; returns how many were cut."""
+    def cut_all(self, *, spare: bytes | None = None) -> int:
+        """Cut every open connection now, both sides; returns how many were cut.
+
+        ``spare``: leave alone the connections whose client's latest chunk holds it (say
+        ``b"COMMIT"``: a connection whose outcome is unknown until its answer is read), to cut
+        connections in the middle of their work but never at that one point.
+        """
 
         def apply() -> int:
-            links = list(self._links.values())
-            for link in links:
-                if not link.cut:
-                    link.abort()
-                    self.faults["cut"] += 1
-            return len(links)
+            doomed = [
+                link
+                for link in self._links.values()
+                if not link.cut and (spare is None or spare not in link.latest)
+            ]
+            for link in doomed:
+                link.abort()
+                self.faults["cut"] += 1
+            return len(doomed)
 
         return self._on_loop(apply)
 
@@ -260,16 +280,24 @@ class FaultProxy:
         self._on_loop(lambda: self._arm(rule))
 
     def cut_on(
-        self, marker: bytes, *, forward: bool, times: int | None = None, skip: int = 0
+        self,
+        marker: bytes,
+        *,
+        forward: bool,
+        times: int | None = None,
+        skip: int = 0,
+        and_refuse: bool = False,
     ) -> None:
         """Cut a connection whose client sends ``marker`` (after letting ``skip`` through).
 
         ``forward=False``: the chunk holding it is dropped, the server never sees it.
         ``forward=True``: it is delivered to the server, then both sides are cut before any
         answer goes back: the client cannot tell whether the server acted.
+        ``and_refuse``: from that cut on, new connections are refused too (a server that died
+        right after), so a client's retry on a new connection fails as well.
         """
         assert marker, "an empty marker would match everything"
-        rule = _CutRule(marker, None, forward, times, skip)
+        rule = _CutRule(marker, None, forward, times, skip, and_refuse)
         self._on_loop(lambda: self._arm(rule))
 
     async def wait_for(self, kind: str, count: int = 1, within: float = 10.0) -> None:
@@ -369,6 +397,10 @@ class FaultProxy:
                 chunk = await reader.read(CHUNK)
                 if not chunk:
                     return
+                if upstream and any(marker in chunk for marker in self._hang_markers):
+                    self._hang_markers.clear()
+                    self.faults["hang"] += 1
+                    self._set_mode(Mode.HANG)
                 if not self._flowing.is_set():
                     self.faults["held"] += 1
                     await self._until_flowing(link)
@@ -409,6 +441,7 @@ class FaultProxy:
 
     def _apply_rules(self, link: _Link, chunk: bytes) -> tuple[bytes, bool]:
         """What of ``chunk`` to forward, and whether to cut the link after it."""
+        link.latest = chunk
         start = link.client_bytes
         link.client_bytes += len(chunk)
         window = link.tail + chunk
@@ -435,6 +468,8 @@ class FaultProxy:
 
     def _fired(self, rule: _CutRule, kind: str) -> None:
         self.faults[kind] += 1
+        if rule.and_refuse:
+            self._set_mode(Mode.REFUSE)
         if rule.remaining is not None:
             rule.remaining -= 1
             if rule.remaining <= 0:

@@ -130,6 +130,20 @@ async def test_cut_all_closes_both_sides(proxy: FaultProxy, echo: EchoServer) ->
     assert proxy.faults["cut"] == 3
 
 
+async def test_cut_all_can_spare_connections_waiting_on_a_marker(proxy: FaultProxy) -> None:
+    committing_reader, committing = await connect(proxy)
+    working_reader, working = await connect(proxy)
+    committing.write(b"COMMIT;")
+    working.write(b"UPDATE")
+    assert await committing_reader.readexactly(7) == b"COMMIT;"
+    assert await working_reader.readexactly(6) == b"UPDATE"
+    assert proxy.cut_all(spare=b"COMMIT") == 1
+    assert await read_or_cut(working_reader) in (None, b"")
+    committing.write(b"BEGIN;")  # its next chunk: no longer spared
+    assert await committing_reader.readexactly(6) == b"BEGIN;"
+    assert proxy.cut_all(spare=b"COMMIT") == 1
+
+
 @pytest.mark.parametrize("forward", [False, True], ids=["before-forwarding", "after-forwarding"])
 async def test_cut_on_marker(proxy: FaultProxy, echo: EchoServer, forward: bool) -> None:
     reader, writer = await connect(proxy)
@@ -159,6 +173,18 @@ async def test_cut_on_the_nth_marker(proxy: FaultProxy, echo: EchoServer) -> Non
     assert await read_or_cut(reader) in (None, b"")
     await eventually(lambda: echo.closed == 1)
     assert echo.everything == b"COMMIT;"
+
+
+async def test_cut_on_marker_and_refuse_after(proxy: FaultProxy, echo: EchoServer) -> None:
+    reader, writer = await connect(proxy)
+    proxy.cut_on(b"SET", forward=True, times=1, and_refuse=True)
+    writer.write(b"SET k v")
+    assert await read_or_cut(reader) in (None, b"")
+    retry_reader, _ = await connect(proxy)  # the client's retry: refused
+    assert await read_or_cut(retry_reader) in (None, b"")
+    await eventually(lambda: echo.closed == 1)
+    assert echo.everything == b"SET k v"
+    assert (proxy.faults["cut_after_forwarding"], proxy.faults["refused"]) == (1, 1)
 
 
 async def test_cut_after_bytes_forwards_exactly_that_many(
@@ -198,6 +224,21 @@ async def test_hang_forwards_nothing_until_lifted(proxy: FaultProxy, echo: EchoS
     proxy.pass_through()
     assert await reader.readexactly(7) == b"anyone?"
     assert await new_reader.readexactly(6) == b"me too"
+
+
+async def test_hang_on_a_marker_holds_that_packet(proxy: FaultProxy, echo: EchoServer) -> None:
+    reader, writer = await connect(proxy)
+    proxy.hang_on(b"EVALSHA")
+    writer.write(b"GET k")
+    assert await reader.readexactly(5) == b"GET k"
+    writer.write(b"EVALSHA x")
+    await proxy.wait_for("hang", within=2)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await reader.read(1)
+    assert echo.everything == b"GET k"
+    proxy.pass_through()
+    assert await reader.readexactly(9) == b"EVALSHA x"
 
 
 async def test_a_hung_connection_can_be_cut(proxy: FaultProxy) -> None:
