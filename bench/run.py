@@ -1026,11 +1026,14 @@ def revocation_window(
     # B is not given the administrator to create: two start-ups creating it at once race for a
     # SQLite file's single write lock (`shop serve` creates it once, before its workers start).
     no_admin = {name: value for name, value in env.items() if not name.startswith("SHOP_ADMIN_")}
-    servers = [Server(SHOP_APP, env, True, workdir), Server(SHOP_APP, no_admin, True, workdir)]
-    probe = CacheProbe(env, workdir)
+    servers: list[Server] = []
+    probe: CacheProbe | None = None
     windows: list[float] = []
     stale_reads = 0
-    try:
+    try:  # started inside: a SIGTERM between two start-ups stops the first one too
+        servers.append(Server(SHOP_APP, env, True, workdir))
+        servers.append(Server(SHOP_APP, no_admin, True, workdir))
+        probe = CacheProbe(env, workdir)
         for server in servers:
             server.wait("/healthz")
         a, b = (httpx.Client(base_url=server.url, timeout=10) for server in servers)
@@ -1059,7 +1062,8 @@ def revocation_window(
         b.close()
         cache_live = probe.answer()
     finally:
-        probe.stop()
+        if probe is not None:
+            probe.stop()
         for server in servers:
             server.stop()
     windows.sort()

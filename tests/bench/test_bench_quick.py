@@ -297,6 +297,11 @@ def test_a_stopped_benchmark_leaves_nothing_behind(postgres_database: str) -> No
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM
+    # Each server is stopped by the run, or else told by the kernel as the run ends
+    # (PR_SET_PDEATHSIG) and shuts down by itself a moment later.
+    deadline = time.monotonic() + 15
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert all(not Path(f"/proc/{pid}").exists() for pid in children)
     assert bench_databases() == databases_before
     assert set(Path(tempfile.gettempdir()).glob("bench-*")) <= folders_before
