@@ -35,17 +35,10 @@ pytestmark = pytest.mark.postgres
 #: what the shop's engine waits for a free connection (create_engine's default)
 POOL_TIMEOUT = float(inspect.signature(create_engine).parameters["pool_timeout"].default)
 
-#: src/fastapi_atomic/middleware.py: AtomicMiddleware.__call__ re-runs a request whose COMMIT
-#: broke (retry_reason follows _Unavailable's __cause__ to CONNECTION_LOST)
-RERUN_AFTER_COMMIT = (
-    "a request whose COMMIT went through but whose connection broke before the answer is run "
-    "again: its writes are made twice"
-)
-#: src/fastapi_atomic/unit_of_work.py: run_phase retries a phase whose COMMIT broke; a card
-#: payment without a key then reserves again under the same payment key
-RESERVE_AGAIN = (
-    "the reservation phase is retried after its COMMIT went through; without an Idempotency-Key "
-    "it reserves again under the same payment key: IntegrityError, a 500"
+#: a COMMIT cut as it goes out: before the server got it (nothing committed), or after (it
+#: landed, and its answer is lost: the outcome is unknown to the shop)
+FORWARDING = pytest.mark.parametrize(
+    "forward", [False, True], ids=["before-forwarding", "after-forwarding"]
 )
 
 
@@ -115,7 +108,7 @@ async def test_cut_mid_transaction(
 ) -> None:
     """Every open connection cut, six times, 0.3 s apart, with 30 requests in flight: wherever
     each is in its transaction, but for one that just sent its COMMIT (its outcome unknown:
-    test_cut_mid_commit's subject; cut there, such a request is run twice, RERUN_AFTER_COMMIT)."""
+    test_cut_mid_commit's subject)."""
 
     async def fault() -> None:
         for _ in range(6):
@@ -126,16 +119,7 @@ async def test_cut_mid_transaction(
     await scenario("cut", world, postgres_proxy, own_database, fault)
 
 
-@pytest.mark.parametrize(
-    "forward",
-    [
-        pytest.param(False, id="before-forwarding"),
-        pytest.param(
-            True,
-            id="after-forwarding",
-        ),
-    ],
-)
+@FORWARDING
 async def test_cut_mid_commit(
     world: ShopWorld, postgres_proxy: FaultProxy, own_database: str, forward: bool
 ) -> None:
@@ -201,16 +185,7 @@ async def count_transfers(database_url: str, sent: dict[str, int]) -> int:
     return int(found or 0)
 
 
-@pytest.mark.parametrize(
-    "forward",
-    [
-        pytest.param(False, id="before-forwarding"),
-        pytest.param(
-            True,
-            id="after-forwarding",
-        ),
-    ],
-)
+@FORWARDING
 async def test_a_transfer_whose_commit_is_cut_runs_at_most_once(
     small_world: ShopWorld, postgres_proxy: FaultProxy, own_database: str, forward: bool
 ) -> None:
