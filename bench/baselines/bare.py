@@ -72,11 +72,14 @@ Card checkout (``POST /api/orders``, paid by card, the fake gateway's 50 ms), on
 
     -- the reserve phase, its own transaction on a connection of its own:
     BEGIN
+    SELECT payments.id, payments.gateway_key, … FROM payments
+        WHERE payments.gateway_key = $1                          -- an earlier run's: none
     SELECT products.id, products.price FROM products WHERE products.id IN ($1)
     INSERT INTO orders (…) VALUES ($1, …, $8) RETURNING orders.id              -- 'pending'
     INSERT INTO order_items (…) VALUES ($1, $2, $3, $4) RETURNING order_items.id
     INSERT INTO payments (gateway_key, amount, status, charge_id, decline_code, order_id,
-        deposit_id, created_at, updated_at) VALUES ($1, …, $9) RETURNING payments.id
+        deposit_id, charging_until, created_at, updated_at) VALUES ($1, …, $10)
+        RETURNING payments.id                                   -- leased while it charges
     SELECT products.id, products.stock, products.price FROM products
         WHERE products.id IN ($1) ORDER BY products.id FOR NO KEY UPDATE
     UPDATE products SET stock=(products.stock + $1) WHERE products.id = $2   -- -quantity
@@ -89,7 +92,7 @@ Card checkout (``POST /api/orders``, paid by card, the fake gateway's 50 ms), on
     UPDATE orders SET status=$1, updated_at=$2 WHERE orders.id = $3                -- 'paid'
     SELECT orders.id, orders.user_id, orders.status, orders.total, orders.payment_method,
         orders.account_id, orders.payment_key, orders.created_at, orders.updated_at
-        FROM orders WHERE orders.id = $1 AND orders.user_id = $2 AND orders.status != $3
+        FROM orders WHERE orders.id = $1 AND orders.user_id = $2 AND orders.status = $3
     SELECT order_items.order_id, order_items.id, order_items.product_id,
         order_items.quantity, order_items.unit_price FROM order_items
         WHERE order_items.order_id IN ($1) ORDER BY order_items.id    -- the order read back
@@ -97,12 +100,10 @@ Card checkout (``POST /api/orders``, paid by card, the fake gateway's 50 ms), on
         WHERE web_sessions.key = $4 AND web_sessions.version = $5
     COMMIT
 
-At ededa7a the reserve phase began, after BEGIN, with a look for an earlier attempt's payment
-(``SELECT payments.id, payments.gateway_key, … FROM payments WHERE payments.gateway_key = $1``,
-observed at 11:08 UTC); since commit 156dec8 (observed at 11:43 UTC) the shop looks only for a
-request that came with an Idempotency-Key, which the benchmark never sends, and the ceiling
-follows that. Should the look come back, so does ``EARLIER_PAYMENT`` at the head of the reserve
-in ``_by_card``.
+The reserve phase looks for an earlier run's payment first: from 156dec8 it looked only for a
+request with an Idempotency-Key (which the benchmark never sends); since 7d8d8b4 it always
+looks, because a phase whose COMMIT lost its connection may have landed and is run again only
+if it finds its own work (``run_phase(..., idempotent=True)``).
 
 Timestamps are sent as parameters, as the ORM's Python-side defaults send them. Each
 transaction here runs on a connection taken from the pool for it and given back after it, as
@@ -127,7 +128,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -160,11 +161,12 @@ TRANSFER = (
     "INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) "
     "VALUES ($1, $2, $3, $4) RETURNING transfers.id"
 )
-#: an earlier attempt's payment: the shop looks only when the request has an Idempotency-Key
+#: an earlier run's payment: the shop's reserve phase looks first, to be idempotent
 EARLIER_PAYMENT = (
     "SELECT payments.id, payments.gateway_key, payments.amount, payments.status, "
     "payments.charge_id, payments.decline_code, payments.order_id, payments.deposit_id, "
-    "payments.created_at, payments.updated_at FROM payments WHERE payments.gateway_key = $1"
+    "payments.charging_until, payments.created_at, payments.updated_at FROM payments "
+    "WHERE payments.gateway_key = $1"
 )
 ORDER = (
     "INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key, "
@@ -176,8 +178,8 @@ ITEM = (
 )
 PAYMENT = (
     "INSERT INTO payments (gateway_key, amount, status, charge_id, decline_code, order_id, "
-    "deposit_id, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) "
-    "RETURNING payments.id"
+    "deposit_id, charging_until, created_at, updated_at) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING payments.id"
 )
 CHANGE_STOCK = "UPDATE products SET stock=(products.stock + $1) WHERE products.id = $2"
 END_PENDING = (
@@ -188,7 +190,7 @@ ORDER_PAID = "UPDATE orders SET status=$1, updated_at=$2 WHERE orders.id = $3"
 ORDER_READ = (
     "SELECT orders.id, orders.user_id, orders.status, orders.total, orders.payment_method, "
     "orders.account_id, orders.payment_key, orders.created_at, orders.updated_at FROM orders "
-    "WHERE orders.id = $1 AND orders.user_id = $2 AND orders.status != $3"
+    "WHERE orders.id = $1 AND orders.user_id = $2 AND orders.status = $3"
 )
 
 
@@ -510,6 +512,7 @@ async def _by_card(
     payment_key = f"order_{uuid.uuid4().hex}"
     # The reserve phase, committed before the gateway is called.
     async with pool.acquire() as connection, connection.transaction():
+        await connection.fetchrow(EARLIER_PAYMENT, payment_key)  # none: the key is new
         prices = await _priced(connection, lines)
         order_id, created = await _place(
             connection,
@@ -522,8 +525,19 @@ async def _by_card(
             payment_key=payment_key,
         )
         total = sum(prices[product_id] * quantity for product_id, quantity in lines)
+        lease = created + timedelta(seconds=2 * GATEWAY_LATENCY + 1)  # the fake gateway's
         await connection.fetchval(
-            PAYMENT, payment_key, total, "pending", None, None, order_id, None, created, created
+            PAYMENT,
+            payment_key,
+            total,
+            "pending",
+            None,
+            None,
+            order_id,
+            None,
+            lease,
+            created,
+            created,
         )
         await _take_stock(connection, lines, prices)
     await asyncio.sleep(GATEWAY_LATENCY)  # the gateway charges the card; no connection held
@@ -534,7 +548,7 @@ async def _by_card(
             END_PENDING, "succeeded", charge_id, None, _now(), payment_key, "pending"
         )
         await connection.execute(ORDER_PAID, "paid", _now(), order_id)
-        order = await connection.fetchrow(ORDER_READ, order_id, user_id, "failed")
+        order = await connection.fetchrow(ORDER_READ, order_id, user_id, "paid")
         items = await connection.fetch(items_read_sql(1), order_id)
         saved = await _save(connection, key, record, order_id)
     if saved is not None:
