@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -158,3 +159,15 @@ def redis_url() -> str:
 @pytest.fixture
 def redis_prefix() -> str:
     return f"test:{RUN_ID}:{uuid.uuid4().hex[:8]}:"
+
+
+@pytest.fixture
+async def own_redis(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
+    """A Redis client of the test's own, outside any fault it injects; at the end it deletes
+    the test's keys (those under its prefix), and only those."""
+    client = Redis.from_url(redis_url)
+    yield client
+    keys = [key async for key in client.scan_iter(f"{redis_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()

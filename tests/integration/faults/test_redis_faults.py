@@ -72,17 +72,6 @@ async def redis_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
         yield proxy
 
 
-@pytest.fixture
-async def own_keys(redis_url: str, redis_prefix: str) -> AsyncIterator[Redis]:
-    """A client outside any fault, which deletes the test's keys (its prefix's) at the end."""
-    client = Redis.from_url(redis_url)
-    yield client
-    keys = [key async for key in client.scan_iter(f"{redis_prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
 def redis_settings(database_url: str, redis_url: str, prefix: str) -> Settings:
     """The shop with its sessions in Redis (cached, as by default), under the test's prefix."""
     return make_settings(
@@ -96,7 +85,7 @@ async def world(
     redis_url: str,
     redis_prefix: str,
     redis_proxy: FaultProxy,
-    own_keys: Redis,
+    own_redis: Redis,
 ) -> AsyncIterator[ShopWorld]:
     """Four customers, one more who orders on their own, and two who only log in and out; the
     database straight, Redis proxied."""
@@ -268,7 +257,7 @@ async def test_an_order_whose_session_write_is_lost_is_not_remembered(
 
 @pytest.fixture
 async def two_processes(
-    own_database: str, redis_url: str, redis_prefix: str, redis_proxy: FaultProxy, own_keys: Redis
+    own_database: str, redis_url: str, redis_prefix: str, redis_proxy: FaultProxy, own_redis: Redis
 ) -> AsyncIterator[tuple[ErrorRecorder, ErrorRecorder]]:
     """Two app instances on one database and one Redis prefix (two server processes, as far
     as their caches can tell): A talks to Redis directly, B through the proxy."""
