@@ -59,7 +59,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .dependencies import UNIT_OF_WORK
 from .exceptions import ConfigurationError, ReplayResponse
-from .middleware import IDEMPOTENCY_KEYS
+from .middleware import IDEMPOTENCY_KEYS, KEPT_BODY
 from .retry import retry_reason
 from .unit_of_work import SqlAlchemyUnitOfWork
 
@@ -116,9 +116,15 @@ class IdempotencyKeys:
         self.header = header
         self.clock = clock
 
-    async def claim(self, request: Request, owner: str) -> IdempotencyKey | None:
-        """Claim the request's key for ``owner``, or replay, or refuse; None without a key."""
-        key = request.headers.get(self.header)
+    async def claim(
+        self, request: Request, owner: str, key: str | None = None
+    ) -> IdempotencyKey | None:
+        """Claim the request's key for ``owner``, or replay, or refuse; None without a key.
+
+        ``key`` is for a key that does not travel in the header: an HTML form's hidden field.
+        """
+        if key is None:
+            key = request.headers.get(self.header)
         if key is None:
             return None
         if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
@@ -279,12 +285,15 @@ class IdempotencyKeys:
         return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def claim_idempotency_key(request: Request, owner: str) -> IdempotencyKey | None:
+async def claim_idempotency_key(
+    request: Request, owner: str, key: str | None = None
+) -> IdempotencyKey | None:
     """Claim the request's ``Idempotency-Key`` for ``owner`` (the user): the dependency's work.
 
     None when the request sends no key. A repeat of a finished request raises, and the
     middleware answers with the first response again; a repeat of one still running is a 409,
-    a key reused for another request a 422.
+    a key reused for another request a 422. ``key`` is used instead of the header's: a form's
+    hidden field, made when the form was rendered, so that a double submit is one operation.
     """
     keys = request.scope.get(IDEMPOTENCY_KEYS)
     if keys is None:
@@ -292,7 +301,7 @@ async def claim_idempotency_key(request: Request, owner: str) -> IdempotencyKey 
             "No idempotency keys in this request: pass them to the middleware "
             "(app.add_middleware(AtomicMiddleware, engine=..., idempotency_keys=keys))."
         )
-    claimed: IdempotencyKey | None = await keys.claim(request, owner)
+    claimed: IdempotencyKey | None = await keys.claim(request, owner, key)
     return claimed
 
 
@@ -301,5 +310,8 @@ async def _fingerprint(request: Request) -> str:
     digest.update(request.method.encode())
     digest.update(b"\x00" + request.url.path.encode())
     digest.update(b"\x00" + request.url.query.encode())
-    digest.update(b"\x00" + await request.body())
+    # A form parsed before the route ran has consumed the stream: its bytes are the kept ones.
+    kept = request.scope.get(KEPT_BODY)
+    body = kept.whole if kept is not None else None
+    digest.update(b"\x00" + (body if body is not None else await request.body()))
     return digest.hexdigest()

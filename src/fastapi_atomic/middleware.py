@@ -30,10 +30,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
+from fastapi.responses import Response
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,6 +56,10 @@ WEBSESSIONS = "fastapi_atomic.websessions"
 IDEMPOTENCY_KEYS = "fastapi_atomic.idempotency_keys"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 
+
+#: the request's body as read so far (:class:`_Body`), for whoever needs its bytes after a
+#: form parser consumed the stream (an idempotency key's fingerprint)
+KEPT_BODY = "fastapi_atomic.kept_body"
 
 #: set in the scope by :func:`get_body_stream`: the route streams its body, none of it is kept
 STREAMED_BODY = "fastapi_atomic.streamed_body"
@@ -97,8 +102,13 @@ class AtomicMiddleware:
         backoff: Backoff | None = None,
         rollback_status: int = 400,
         metrics: AtomicMetrics | None = None,
+        unavailable_response: Callable[[Request, str], Response | None] | None = None,
     ) -> None:
+        """``unavailable_response(request, detail)`` answers a 503 (the database unavailable,
+        retries exhausted) when it returns a response: an HTML page for a browser's page, say.
+        When it returns None, or is not given, the answer is JSON: ``{"detail": detail}``."""
         self.app = app
+        self.unavailable_response = unavailable_response
         self.engine = engine
         self.websessions = websessions
         self.idempotency_keys = idempotency_keys
@@ -128,6 +138,7 @@ class AtomicMiddleware:
             attempt_scope[UNIT_OF_WORK] = uow
             attempt_scope[WEBSESSIONS] = self.websessions
             attempt_scope[IDEMPOTENCY_KEYS] = self.idempotency_keys
+            attempt_scope[KEPT_BODY] = body
             attempt_scope["state"] = dict(scope.get("state") or {})
             responder = _Responder(send, uow, self.rollback_status, self.metrics)
             try:
@@ -165,9 +176,9 @@ class AtomicMiddleware:
                         continue
                     self.metrics.outcome("retries_exhausted").inc()
                     lost = reason == CONNECTION_LOST
-                    await _send_json(
+                    await self._unavailable(
+                        attempt_scope,
                         send,
-                        503,
                         uow._failure_detail
                         or (
                             "The database connection was lost; try again."
@@ -181,12 +192,22 @@ class AtomicMiddleware:
                     self.metrics.outcome("error").inc()
                     raise
                 self.metrics.outcome("unavailable").inc()
-                await _send_json(send, 503, uow._failure_detail or detail)
+                await self._unavailable(attempt_scope, send, uow._failure_detail or detail)
                 return
             await uow._close()
             if uow._after_commit_hooks[0]:
                 await uow._run_after_commit_hooks()
             return
+
+    async def _unavailable(self, scope: Scope, send: Send, detail: str) -> None:
+        response = None
+        if self.unavailable_response is not None:
+            response = self.unavailable_response(Request(scope), detail)
+        if response is None:
+            await _send_json(send, 503, detail)
+            return
+        response.headers.setdefault("retry-after", RETRY_AFTER.decode())
+        await response(scope, _no_more_body, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Start the web-session store with the app, and stop it after the app stopped."""
@@ -218,6 +239,11 @@ class _Body:
         self._complete = False
         #: False once a streamed body (not kept) began to be read: the request can't be re-run
         self.replayable = True
+
+    @property
+    def whole(self) -> bytes | None:
+        """The whole body, once it has been read and kept; None before."""
+        return b"".join(self._chunks) if self._complete and self.replayable else None
 
     def receiver(self, scope: Scope) -> Receive:
         kept: list[bytes] | None = self._chunks[:] if self._chunks or self._complete else None
@@ -347,6 +373,10 @@ def _unavailable_detail(exc: BaseException) -> str | None:
 
 #: seconds a client is told to wait before it tries again after a 503
 RETRY_AFTER = b"1"
+
+
+async def _no_more_body() -> Message:
+    return {"type": "http.disconnect"}
 
 
 async def _send_json(send: Send, status: int, detail: str) -> None:
