@@ -124,6 +124,10 @@ class WebSession(MutableMapping[str, JSON]):
 
     def _ensure_record(self) -> None:
         if self._record is None or self._invalidated:
+            if self._invalidated and not self._created and self._id is not None:
+                # Written to after a log-out (a "you are logged out" message): the new session
+                # replaces the old one, which still dies with this request.
+                self._replaced_key = store_key(self._id)
             self._record = self._fresh_record()
             self._data = {}
             self._changes = Changes()

@@ -30,6 +30,11 @@ async def browser() -> AsyncIterator[httpx.AsyncClient]:
     async def login(user: str, websession: WebSessionDep) -> None:
         websession.login(user)
 
+    @app.post("/logout")
+    async def logout(websession: WebSessionDep) -> None:
+        websession.invalidate()
+        websession["flash"] = "You are logged out."  # for the next page, in a new session
+
     @app.get("/")
     async def read(websession: WebSessionDep) -> dict[str, Any]:
         return {"user": websession.user_id, "data": dict(websession)}
@@ -67,6 +72,22 @@ async def test_another_user_logging_in_starts_with_nothing_of_the_first(
     assert (await browser.get("/")).json() == {"user": "bob", "data": {}}
     browser.cookies.set("session", adas_cookie)
     assert (await browser.get("/")).json() == {"user": None, "data": {}}  # ada's is over
+
+
+async def test_a_message_written_after_logging_out_does_not_keep_the_old_session(
+    browser: httpx.AsyncClient,
+) -> None:
+    await browser.post("/login/ada")
+    await browser.post("/cart/mug")
+    adas_cookie = browser.cookies["session"]
+    await browser.post("/logout")
+    assert browser.cookies["session"] != adas_cookie
+    assert (await browser.get("/")).json() == {
+        "user": None,
+        "data": {"flash": "You are logged out."},
+    }
+    browser.cookies.set("session", adas_cookie)
+    assert (await browser.get("/")).json() == {"user": None, "data": {}}  # ended on the server
 
 
 async def test_the_store_starts_and_stops_with_the_app() -> None:
