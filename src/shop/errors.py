@@ -37,3 +37,7 @@ class Forbidden(ShopError):
 
 class NotAuthenticated(ShopError):
     status_code = 401
+
+
+class TooManyAttempts(ShopError):
+    status_code = 429

@@ -43,3 +43,20 @@ Email = Annotated[
     Field(json_schema_extra={"pattern": _special_use_domains()}),
 ]
 Password = Annotated[str, Field(min_length=8, max_length=128), Text]
+
+#: a sum of money in cents (a price, a deposit, a transfer) is at most this
+MAX_CENTS = 100_000_000
+#: an amount to move: more than nothing
+Cents = Annotated[int, Field(gt=0, le=MAX_CENTS)]
+#: a price may be zero (a free sample)
+Price = Annotated[int, Field(ge=0, le=MAX_CENTS)]
+Stock = Annotated[int, Field(ge=0, le=1_000_000_000)]
+#: how many of a product one order line takes
+Quantity = Annotated[int, Field(gt=0, le=10_000)]
+#: a row id: within the database's integer, so no number too big for it reaches a query
+Id = Annotated[int, Field(gt=0, le=2**31 - 1)]
+CardNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{12,19}$")]
+Sku = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), Text]
+ProductName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Text
+]

@@ -6,9 +6,21 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-from shop.fields import Email, Name, Password, Text
+from shop.fields import (
+    CardNumber,
+    Cents,
+    Email,
+    Id,
+    Name,
+    Password,
+    Price,
+    ProductName,
+    Quantity,
+    Sku,
+    Stock,
+)
 
 
 class Error(BaseModel):
@@ -62,25 +74,20 @@ class UserCreated(BaseModel):
     accounts: list[AccountOut]
 
 
-Cents = Annotated[int, Field(gt=0, le=100_000_000)]
-CardNumber = Annotated[str, StringConstraints(pattern=r"^[0-9]{12,19}$")]
-Id = Annotated[int, Field(gt=0, le=2**31 - 1)]
 #: an id in a URL path: the same bounds, so no number too big for the database reaches it
 PathId = Annotated[int, Path(gt=0, le=2**31 - 1)]
 
 
 class ProductIn(StrictModel):
-    sku: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64), Text]
-    name: Annotated[
-        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), Text
-    ]
-    price: Annotated[int, Field(ge=0, le=100_000_000)]
-    stock: Annotated[int, Field(ge=0, le=1_000_000_000)]
+    sku: Sku
+    name: ProductName
+    price: Price
+    stock: Stock
 
 
 class ProductPatch(StrictModel):
-    price: Annotated[int, Field(ge=0, le=100_000_000)] | None = None
-    stock: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+    price: Price | None = None
+    stock: Stock | None = None
 
 
 class ProductOut(BaseModel):
@@ -123,7 +130,7 @@ class DepositOut(BaseModel):
 
 class ItemIn(StrictModel):
     product_id: Id
-    quantity: Annotated[int, Field(gt=0, le=10_000)]
+    quantity: Quantity
 
 
 class CardPayment(StrictModel):

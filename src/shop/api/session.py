@@ -10,20 +10,14 @@ from pydantic import BaseModel, Field
 
 from fastapi_atomic import DBDep
 from fastapi_atomic.websession import WebSessionDep
-from shop.errors import NotAuthenticated, ShopError
 from shop.fields import Email, Text
-from shop.services import accounts
-from shop.services.passwords import verify_password
+from shop.services import auth
 
 from .deps import Csrf, CurrentUser, LoginThrottleDep, SessionUser
 from .responses import BODY, NO_CSRF_TOKEN, NOT_LOGGED_IN, PARAMETERS, error, header, success
 from .schemas import StrictModel
 
 router = APIRouter(tags=["session"])
-
-
-class TooManyAttempts(ShopError):
-    status_code = 429
 
 
 class Login(StrictModel):
@@ -103,19 +97,11 @@ async def log_in(
     throttle: LoginThrottleDep,
 ) -> LoggedIn:
     address = request.client.host if request.client else "unknown"
-    if throttle.blocked(body.email, address):
-        raise TooManyAttempts("Too many failed log-in attempts; try again later.")
-    user = await accounts.find_user_by_email(db, body.email)
-    if not await verify_password(user.password_hash if user else None, body.password) or not user:
-        throttle.failed(body.email, address)
-        raise NotAuthenticated("Wrong e-mail or password.")
-    throttle.succeeded(body.email)
-    roles = ("admin", "customer") if user.role == "admin" else ("customer",)
-    profile = SessionUser(id=user.id, name=user.name, email=user.email, roles=roles)
-    websession.login(
-        str(user.id),
-        {"user": {"name": user.name, "email": user.email, "roles": list(roles)}},
+    user = await auth.authenticate(
+        db, throttle, email=body.email, password=body.password, address=address
     )
+    auth.log_in(websession, user)
+    profile = SessionUser(id=user.id, name=user.name, email=user.email, roles=auth.roles_of(user))
     assert websession.csrf_token is not None
     return LoggedIn(user=UserOut.of(profile), csrf_token=websession.csrf_token)
 

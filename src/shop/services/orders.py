@@ -216,7 +216,8 @@ async def _take_stock(db: AsyncSession, items: Sequence[OrderItem]) -> None:
     for item in sorted(items, key=lambda item: item.product_id):
         stock, price = locked[item.product_id]
         if stock < item.quantity:
-            raise Conflict(f"Not enough stock for product {item.product_id}.")
+            name = await db.scalar(select(products.c.name).where(products.c.id == item.product_id))
+            raise Conflict(f"Not enough stock of {name} (product {item.product_id}): {stock} left.")
         if price != item.unit_price:
             raise ConcurrentChange(f"The price of product {item.product_id} changed meanwhile.")
         await db.execute(_CHANGE_STOCK, {"product_id": item.product_id, "by": -item.quantity})
