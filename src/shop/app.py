@@ -40,8 +40,9 @@ from .request_ids import RequestIdMiddleware, request_id
 from .services.accounts import ensure_admin
 from .services.throttle import LoginThrottle
 from .settings import Settings
+from .web import error_response, login_required, static_files, wants_page
 from .web import router as web_router
-from .web import static_files
+from .web.pages import LoginRequired
 
 logger = logging.getLogger("shop")
 
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine=engine,
         websessions=websessions,
         idempotency_keys=IdempotencyKeys(idempotency_keys),
+        unavailable_response=_unavailable_page,
     )
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     for router in api.routers:
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(web_router)
     app.mount("/static", static_files(), name="static")
+    app.add_exception_handler(LoginRequired, login_required)  # type: ignore[arg-type]
     app.add_exception_handler(ShopError, _shop_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid_request)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
@@ -174,12 +177,19 @@ async def _ping_database(engine: AsyncEngine) -> None:
         await connection.execute(text("SELECT 1"))
 
 
-async def _shop_error(_request: Request, exc: ShopError) -> JSONResponse:
+def _unavailable_page(request: Request, detail: str) -> Response | None:
+    """A browser's page gets the outage as a page; the API, its JSON."""
+    return error_response(request, 503, detail) if wants_page(request) else None
+
+
+async def _shop_error(request: Request, exc: ShopError) -> Response:
+    if wants_page(request):
+        return error_response(request, exc.status_code, exc.detail, forbidden=False)
     headers = {"Retry-After": "1"} if exc.status_code == 503 else None
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
 
-async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
+async def _internal_error(request: Request, _exc: Exception) -> Response:
     """A bug (the server logs it with its traceback): JSON like every other error, naming the
     request id to look for in the log, and ``Connection: close``, because the server closes
     the connection after an unhandled exception and a client reusing it would fail."""
@@ -187,12 +197,21 @@ async def _internal_error(_request: Request, _exc: Exception) -> JSONResponse:
     detail = f"Internal error; it was logged under request id {rid}."
     # Sent by the outermost middleware, past the request-id one: the id is set here.
     headers = {"Connection": "close", REQUEST_ID_HEADER: rid}
+    if wants_page(request):
+        response = error_response(request, 500, f"It was logged under request id {rid}.")
+        response.headers.update(headers)
+        return response
     return JSONResponse({"detail": detail}, status_code=500, headers=headers)
 
 
-async def _invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
     """FastAPI's 422, without echoing an input that JSON cannot carry (a number too large
-    for a float, a lone surrogate): the answer to bad input must never fail itself."""
+    for a float, a lone surrogate): the answer to bad input must never fail itself. A page
+    whose address does not parse (``/products/abc``) is a page that does not exist."""
+    if wants_page(request):
+        if request.method == "GET":
+            return error_response(request, 404, "There is no such page.")
+        return error_response(request, 422, "Some of its fields are not valid.")
     errors = []
     for error in jsonable_encoder(exc.errors()):
         try:
@@ -242,6 +261,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
         allowed = _methods_of(request)
         if allowed:
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+    if wants_page(request):
+        response = error_response(request, exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        return response
     return await http_exception_handler(request, exc)
 
 

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     admin_email: Email | None = None
     admin_password: SecretStr | None = None
     payment_gateway: str = "fake"
+    #: ISO 4217 code the storefront shows prices in (amounts are kept in its cents)
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "EUR"
     #: seconds the HTTP gateway client waits for each answer
     payment_gateway_timeout: float = Field(5.0, gt=0, le=60)
     fake_gateway_latency_ms: int = Field(0, ge=0)

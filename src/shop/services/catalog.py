@@ -14,6 +14,13 @@ async def list_products(db: AsyncSession) -> list[Product]:
     return list(await db.scalars(select(Product).order_by(Product.id)))
 
 
+async def get_product(db: AsyncSession, product_id: int) -> Product:
+    product = await db.get(Product, product_id)
+    if product is None:
+        raise NotFound(f"Product {product_id} not found.")
+    return product
+
+
 async def create_product(
     db: AsyncSession, *, sku: str, name: str, price: int, stock: int
 ) -> Product:

@@ -1,4 +1,5 @@
-"""A database that does not answer is a JSON 503 with Retry-After, never a 500."""
+"""A database that does not answer is a 503 with Retry-After (JSON, or a page for a browser),
+never a 500."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ async def test_every_database_route_answers_503_with_retry_after(url: str) -> No
             assert response.json() == {"detail": "The database did not answer; try again."}
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/healthz")).status_code == 200
+        # A browser's page gets the outage as a page, with the same status and Retry-After.
+        page = await client.get("/", headers={"Accept": "text/html"})
+        assert page.status_code == 503
+        assert page.headers["retry-after"] == "1"
+        assert page.headers["content-type"].startswith("text/html")
+        assert "The database did not answer" in page.text and "<h1>" in page.text
 
 
 class _FakeOrig(Exception):
