@@ -24,7 +24,7 @@ from fastapi import Depends, Header, Request, Security
 from fastapi.security import APIKeyCookie
 
 from fastapi_atomic import IdempotencyKey, UnitOfWorkDep, claim_idempotency_key
-from fastapi_atomic.websession import WebSessionDep, require_csrf_token
+from fastapi_atomic.websession import WebSession, WebSessionDep, require_csrf_token
 from shop.errors import Forbidden, NotAuthenticated
 from shop.payments import PaymentGateway
 from shop.services.throttle import LoginThrottle
@@ -101,20 +101,29 @@ class SessionUser:
         return "admin" in self.roles
 
 
-async def current_user(
-    websession: WebSessionDep,
-    _cookie: Annotated[str | None, Security(session_cookie)],
-) -> SessionUser:
-    """The logged-in user; 401 for no session, an expired, revoked or tampered one."""
+def session_user(websession: WebSession) -> SessionUser | None:
+    """Who the web session says is logged in; None for a guest, an expired, revoked or
+    tampered session."""
     user = websession.get("user") if websession.is_live else None
     if websession.user_id is None or not isinstance(user, dict):
-        raise NotAuthenticated("Not logged in.")
+        return None
     return SessionUser(
         id=int(websession.user_id),
         name=str(user.get("name", "")),
         email=str(user.get("email", "")),
         roles=tuple(user.get("roles", ())),
     )
+
+
+async def current_user(
+    websession: WebSessionDep,
+    _cookie: Annotated[str | None, Security(session_cookie)],
+) -> SessionUser:
+    """The logged-in user; 401 for no session, an expired, revoked or tampered one."""
+    user = session_user(websession)
+    if user is None:
+        raise NotAuthenticated("Not logged in.")
+    return user
 
 
 CurrentUser = Annotated[SessionUser, Depends(current_user)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,6 +14,15 @@ from shop.errors import Conflict, NotFound
 
 async def list_products(db: AsyncSession) -> list[Product]:
     return list(await db.scalars(select(Product).order_by(Product.id)))
+
+
+async def products_by_id(db: AsyncSession, product_ids: Iterable[int]) -> dict[int, Product]:
+    """The products of these ids that exist, by id (a cart's lines, an order's items)."""
+    ids = set(product_ids)
+    if not ids:
+        return {}
+    found = await db.scalars(select(Product).where(Product.id.in_(ids)))
+    return {product.id: product for product in found}
 
 
 async def get_product(db: AsyncSession, product_id: int) -> Product:

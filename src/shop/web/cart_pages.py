@@ -39,7 +39,7 @@ async def cart_lines(db: DBDep, websession: WebSession) -> list[CartLine]:
     quantities = Cart(websession).quantities
     if not quantities:
         return []
-    products = {product.id: product for product in await catalog.list_products(db)}
+    products = await catalog.products_by_id(db, quantities)
     return [
         CartLine(products[product_id], quantity)
         for product_id, quantity in quantities.items()

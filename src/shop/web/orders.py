@@ -20,7 +20,9 @@ async def order_history(
     request: Request, db: DBDep, websession: WebSessionDep, user: Customer
 ) -> Response:
     history = await orders.list_orders(db, user_id=user.id)
-    products = {product.id: product for product in await catalog.list_products(db)}
+    products = await catalog.products_by_id(
+        db, (item.product_id for order in history for item in order.items)
+    )
     return render(request, websession, "orders.html", {"orders": history, "products": products})
 
 
@@ -29,5 +31,5 @@ async def order_page(
     request: Request, order_id: PathId, db: DBDep, websession: WebSessionDep, user: Customer
 ) -> Response:
     order = await orders.get_order(db, user_id=user.id, order_id=order_id)
-    products = {product.id: product for product in await catalog.list_products(db)}
+    products = await catalog.products_by_id(db, (item.product_id for item in order.items))
     return render(request, websession, "order.html", {"order": order, "products": products})

@@ -21,8 +21,8 @@ from fastapi.templating import Jinja2Templates
 
 from fastapi_atomic import IdempotencyKey, claim_idempotency_key
 from fastapi_atomic.websession import WebSession, WebSessionDep
-from shop.api.deps import Csrf, SessionUser, current_user
-from shop.errors import Forbidden, NotAuthenticated
+from shop.api.deps import Csrf, SessionUser, session_user
+from shop.errors import Forbidden
 
 from .cart import Cart
 
@@ -65,18 +65,14 @@ templates.env.filters["units"] = units
 class LoginRequired(Exception):
     """A page for logged-in users asked for by a guest: answered with the log-in page."""
 
-    def __init__(self, next_url: str, message: str | None = None) -> None:
+    def __init__(self, next_url: str) -> None:
         super().__init__(next_url)
         self.next_url = next_url
-        self.message = message
 
 
 async def visitor(websession: WebSessionDep) -> SessionUser | None:
     """The logged-in user, or None for a guest (a page shows both)."""
-    try:
-        return await current_user(websession, None)
-    except NotAuthenticated:
-        return None
+    return session_user(websession)
 
 
 Visitor = Annotated[SessionUser | None, Depends(visitor)]
@@ -166,7 +162,6 @@ def render(
     """A page, with what the layout needs: the visitor, their cart's size, the message left
     for this page, the CSRF token for its forms."""
     settings = request.app.state.settings
-    user = _user_of(websession)
     message = None
     if websession.is_live and "flash" in websession:
         message = websession["flash"]
@@ -174,7 +169,7 @@ def render(
             del websession["flash"]
     currency = settings.currency
     values: dict[str, Any] = {
-        "user": user,
+        "user": session_user(websession),
         "csrf_token": websession.csrf_token or "",
         "cart_count": Cart(websession).count,
         "flash": message,
@@ -184,48 +179,29 @@ def render(
         "timestamp": timestamp,
     }
     values.update(context or {})
-    response = templates.TemplateResponse(
-        request, template, values, status_code=status_code, headers=SECURITY_HEADERS
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return _page(request, template, values, status_code)
 
 
-def _user_of(websession: WebSession) -> SessionUser | None:
-    user = websession.get("user") if websession.is_live else None
-    if websession.user_id is None or not isinstance(user, dict):
-        return None
-    return SessionUser(
-        id=int(websession.user_id),
-        name=str(user.get("name", "")),
-        email=str(user.get("email", "")),
-        roles=tuple(user.get("roles", ())),
+def _page(request: Request, template: str, values: dict[str, Any], status_code: int) -> Response:
+    headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
+    return templates.TemplateResponse(
+        request, template, values, status_code=status_code, headers=headers
     )
 
 
 def error_page(request: Request, status_code: int, title: str, detail: str) -> Response:
-    """An error as a page (the layout without the visitor: the web session may be the cause)."""
-    settings = getattr(request.app.state, "settings", None)
-    currency = settings.currency if settings else "EUR"
-    response = templates.TemplateResponse(
-        request,
-        "error.html",
-        {
-            "title": title,
-            "detail": detail,
-            "status_code": status_code,
-            "user": None,
-            "csrf_token": "",
-            "cart_count": None,
-            "flash": None,
-            "money": lambda cents: money(int(cents), currency),
-            "path": request.url.path,
-        },
-        status_code=status_code,
-        headers=SECURITY_HEADERS,
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    """An error as a page: the layout without the visitor, since the web session may be the
+    error's cause (or not loaded at all: the error came before the route)."""
+    values = {
+        "title": title,
+        "detail": detail,
+        "user": None,
+        "csrf_token": "",
+        "cart_count": None,
+        "flash": None,
+        "path": request.url.path,
+    }
+    return _page(request, "error.html", values, status_code)
 
 
 def wants_page(request: Request) -> bool:
