@@ -40,7 +40,7 @@ from .request_ids import RequestIdMiddleware, request_id
 from .services.accounts import ensure_admin
 from .services.throttle import LoginThrottle
 from .settings import Settings
-from .web import error_response, login_required, static_files, wants_page
+from .web import error_response, http_error_response, login_required, static_files, wants_page
 from .web import router as web_router
 from .web.pages import LoginRequired
 
@@ -184,7 +184,7 @@ def _unavailable_page(request: Request, detail: str) -> Response | None:
 
 async def _shop_error(request: Request, exc: ShopError) -> Response:
     if wants_page(request):
-        return error_response(request, exc.status_code, exc.detail, forbidden=False)
+        return error_response(request, exc.status_code, exc.detail)
     headers = {"Retry-After": "1"} if exc.status_code == 503 else None
     return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
 
@@ -262,7 +262,7 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
         if allowed:
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
     if wants_page(request):
-        response = error_response(request, exc.status_code, str(exc.detail))
+        response = http_error_response(request, exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})
         return response
     return await http_exception_handler(request, exc)

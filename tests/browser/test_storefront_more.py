@@ -140,6 +140,7 @@ def test_deposit_in_euros_and_invalid_amounts_change_nothing(shopper: Shopper) -
         expect(page.get_by_test_id("amount-error")).to_be_visible()
         error = page.get_by_test_id("amount-error").inner_text()
         expect(deposit.get_by_label("Amount")).to_have_accessible_description(error)
+        expect(deposit.get_by_label("Amount")).to_have_value(amount)  # as it was typed
         shopper.shot(f"amount-{amount}-refused")
         shopper.visit("/account", f"account-after-{amount}")
         expect(balance).to_have_text("€50.00")

@@ -29,33 +29,41 @@ def static_files() -> StaticFiles:
 TITLES = {
     400: "This request could not be read",
     401: "Please log in",
-    403: "This form could not be accepted",
+    403: "Not allowed",
     404: "Page not found",
     405: "This page cannot be used that way",
     409: "Please wait a moment",
-    413: "That was too much to send",
     422: "This form could not be read",
     429: "Too many attempts",
     500: "Something went wrong on our side",
     503: "The shop is unavailable for a moment",
 }
 HINTS = {
-    403: "Go back, reload the page and try again.",
     404: "The link may be old. The catalogue is a good place to start again.",
     409: "The same form is still being handled. Reload this page in a moment.",
     500: "Nothing was changed. Please try again in a moment.",
     503: "Please try again in a moment.",
 }
+#: a form refused by its CSRF token or the site it came from, said to a person, not a client
+FORM_REFUSED = (
+    "This form was sent without this page's security token, or from another site. "
+    "Go back, reload the page and try again."
+)
 
 
-def error_response(
-    request: Request, status_code: int, detail: str, *, forbidden: bool = True
-) -> Response:
-    """An error as the page a person sees: a heading, what happened, what to do."""
+def error_response(request: Request, status_code: int, detail: str) -> Response:
+    """An error whose detail is written for people (the shop's own) as a page: a heading,
+    what happened, what to do."""
     title = TITLES.get(status_code, "This did not work")
-    if status_code == 403 and not forbidden:
-        title = "Not allowed"
     return error_page(request, status_code, title, f"{detail} {HINTS.get(status_code, '')}".strip())
+
+
+def http_error_response(request: Request, status_code: int, detail: str) -> Response:
+    """An HTTPException of FastAPI's or the library's, whose detail is written for an API
+    client, as a page."""
+    if status_code == 403:
+        return error_page(request, 403, "This form could not be accepted", FORM_REFUSED)
+    return error_response(request, status_code, detail)
 
 
 async def login_required(request: Request, exc: LoginRequired) -> Response:
@@ -67,4 +75,11 @@ async def login_required(request: Request, exc: LoginRequired) -> Response:
     return redirect(login_url(target))
 
 
-__all__ = ["error_response", "login_required", "router", "static_files", "wants_page"]
+__all__ = [
+    "error_response",
+    "http_error_response",
+    "login_required",
+    "router",
+    "static_files",
+    "wants_page",
+]

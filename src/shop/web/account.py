@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import Response
@@ -14,7 +14,7 @@ from shop.errors import ShopError
 from shop.services import deposits, transfers
 from shop.services.accounts import accounts_of
 
-from .forms import DepositForm, TransferForm, read_form
+from .forms import DepositForm, TransferForm, read_form, typed_values
 from .pages import (
     Customer,
     FormChecks,
@@ -50,9 +50,7 @@ async def deposit(
     claimed = await claim_form_key(request, user, key)
     form, errors = await read_form(request, DepositForm)
     if form is None:
-        return await _account(
-            request, uow, websession, user, deposit_errors=errors, status_code=422
-        )
+        return await _account(request, uow, websession, user, "deposit", errors, 422)
     try:
         record = await deposits.deposit(
             uow,
@@ -65,12 +63,7 @@ async def deposit(
         )
     except ShopError as exc:
         return await _account(
-            request,
-            uow,
-            websession,
-            user,
-            deposit_errors={"form": exc.detail},
-            status_code=exc.status_code,
+            request, uow, websession, user, "deposit", {"form": exc.detail}, exc.status_code
         )
     flash(
         websession, f"Deposited {_money(request, record.amount)} to account #{record.account_id}."
@@ -89,9 +82,7 @@ async def transfer(
     await claim_form_key(request, user, key)
     form, errors = await read_form(request, TransferForm)
     if form is None:
-        return await _account(
-            request, uow, websession, user, transfer_errors=errors, status_code=422
-        )
+        return await _account(request, uow, websession, user, "transfer", errors, 422)
     try:
         record = await transfers.transfer(
             uow.db,
@@ -102,12 +93,7 @@ async def transfer(
         )
     except ShopError as exc:
         return await _account(
-            request,
-            uow,
-            websession,
-            user,
-            transfer_errors={"form": exc.detail},
-            status_code=exc.status_code,
+            request, uow, websession, user, "transfer", {"form": exc.detail}, exc.status_code
         )
     flash(
         websession,
@@ -126,16 +112,18 @@ async def _account(
     uow: UnitOfWorkDep,
     websession: WebSession,
     user: SessionUser,
-    *,
-    deposit_errors: dict[str, str] | None = None,
-    transfer_errors: dict[str, str] | None = None,
+    failed: Literal["deposit", "transfer"] | None = None,
+    errors: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
-    context = {
+    """The account page; after a failed form, that form as it was typed, with its errors."""
+    typed = await typed_values(request) if failed else {}
+    context: dict[str, object] = {
         "accounts": await accounts_of(uow.db, user.id),
         "deposit_key": form_key(),
         "transfer_key": form_key(),
-        "deposit_errors": deposit_errors or {},
-        "transfer_errors": transfer_errors or {},
     }
+    for name in ("deposit", "transfer"):
+        context[f"{name}_errors"] = (errors or {}) if name == failed else {}
+        context[f"{name}_values"] = typed if name == failed else {}
     return render(request, websession, "account.html", context, status_code=status_code)
