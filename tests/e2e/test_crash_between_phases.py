@@ -86,7 +86,9 @@ def test_crash_between_phases_then_reconcile(tmp_path: Path, gateway_survives: b
     env = shop_env(
         f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}",
         SHOP_PAYMENT_GATEWAY=base_url(gateway),
-        SHOP_PAYMENT_GATEWAY_TIMEOUT="2",  # a charge's lease: 2 x 2 s + 1 s
+        # A charge's lease: 2 x 4 s + 1 s, so that the reconcile run while it lasts starts
+        # with seconds to spare even on a loaded machine (a 5 s lease once ran out first).
+        SHOP_PAYMENT_GATEWAY_TIMEOUT="4",
         SHOP_ADMIN_EMAIL=ADMIN["email"],
         SHOP_ADMIN_PASSWORD=ADMIN["password"],
     )
@@ -115,7 +117,7 @@ def test_crash_between_phases_then_reconcile(tmp_path: Path, gateway_survives: b
         if time.monotonic() - ordered_at < 4:
             leased = reconcile(tmp_path, env, check=False)
             assert "settled: 0\nreleased: 0\nstill pending: 1" in leased
-        time.sleep(max(0.0, ordered_at + 5.5 - time.monotonic()))  # the lease ran out
+        time.sleep(max(0.0, ordered_at + 9.5 - time.monotonic()))  # the lease ran out
         output = reconcile(tmp_path, env)
         after = state(base_url(restarted))
         if gateway_survives:
