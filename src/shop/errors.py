@@ -27,6 +27,15 @@ class PaymentDeclined(ShopError):
     status_code = 402
 
 
+class CardDeclined(PaymentDeclined):
+    """The card's issuer said no; ``code`` is the gateway's reason (``insufficient_funds``),
+    for the pages to say in words what the API's detail names."""
+
+    def __init__(self, code: str | None) -> None:
+        super().__init__(f"The card was declined ({code or 'declined'}).")
+        self.code = code
+
+
 class GatewayUnavailable(ShopError):
     status_code = 503
 

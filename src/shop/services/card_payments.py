@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_atomic import UnitOfWork
 from shop.db.models import Payment, table, utcnow
-from shop.errors import GatewayUnavailable, PaymentDeclined
+from shop.errors import CardDeclined, GatewayUnavailable
 from shop.payments import ChargeResult, GatewayError, PaymentGateway
 
 logger = logging.getLogger("shop")
@@ -158,7 +158,7 @@ async def collect(
             "nothing was charged. Send it again with a new Idempotency-Key."
         )
     if payment.status != "pending":
-        raise PaymentDeclined(f"The card was declined ({payment.decline_code or 'declined'}).")
+        raise CardDeclined(payment.decline_code)
     result = await _charge_or_find(gateway, payment, card_number)
     if result is _UNKNOWN:
         await uow.run_phase(
@@ -174,7 +174,7 @@ async def collect(
     assert isinstance(result, ChargeResult)
     if result.status != "succeeded":
         await uow.run_phase(lambda db: release(db, payment.gateway_key, result, purchase))
-        raise PaymentDeclined(f"The card was declined ({result.decline_code or 'declined'}).")
+        raise CardDeclined(result.decline_code)
     # Charged: from here on a failure must not say "nothing was changed", and the purchase is
     # completed in the background if the request's transaction cannot be committed.
     uow.set_failure_detail(CHARGED_NOT_SAVED)

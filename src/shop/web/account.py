@@ -10,7 +10,7 @@ from fastapi.responses import Response
 from fastapi_atomic import UnitOfWorkDep
 from fastapi_atomic.websession import WebSession, WebSessionDep
 from shop.api.deps import Gateway, SessionUser, transfer_isolation
-from shop.errors import ShopError
+from shop.errors import CardDeclined, ShopError
 from shop.services import deposits, transfers
 from shop.services.accounts import accounts_of
 
@@ -23,6 +23,7 @@ from .pages import (
     form_key,
     money,
     redirect,
+    refusal,
     render,
 )
 
@@ -62,8 +63,10 @@ async def deposit(
             payment_key=claimed.external_key("deposit") if claimed else None,
         )
     except ShopError as exc:
+        # A declined card is said next to the card's field, anything else above the form.
+        field = "card_number" if isinstance(exc, CardDeclined) else "form"
         return await _account(
-            request, uow, websession, user, "deposit", {"form": exc.detail}, exc.status_code
+            request, uow, websession, user, "deposit", {field: refusal(exc)}, exc.status_code
         )
     flash(
         websession, f"Deposited {_money(request, record.amount)} to account #{record.account_id}."

@@ -33,6 +33,7 @@ from .pages import (
     form_key,
     login_url,
     redirect,
+    refusal,
     render,
 )
 
@@ -124,8 +125,8 @@ async def place_order(
             )
     except ShopError as exc:
         field = "card_number" if form.method == "card" else "account_id"
-        errors = {field: exc.detail} if isinstance(exc, PaymentDeclined) else {}
-        error = None if errors else exc.detail
+        errors = {field: refusal(exc)} if isinstance(exc, PaymentDeclined) else {}
+        error = None if errors else refusal(exc)
         return await _checkout(
             request,
             uow.db,

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from fastapi_atomic import IdempotencyKey, claim_idempotency_key
 from fastapi_atomic.websession import WebSession, WebSessionDep
 from shop.api.deps import Csrf, SessionUser, session_user
-from shop.errors import Forbidden
+from shop.errors import CardDeclined, Forbidden, ShopError
 
 from .cart import Cart
 
@@ -202,6 +202,22 @@ def error_page(request: Request, status_code: int, title: str, detail: str) -> R
         "path": request.url.path,
     }
     return _page(request, "error.html", values, status_code)
+
+
+#: a declined card as a shopper is told of it; the API's detail names the gateway's code
+CARD_DECLINED = "Your card was declined. Check the number, or use another card."
+CARD_DECLINED_BECAUSE = {
+    "insufficient_funds": "Your card was declined: not enough funds on it. Use another card.",
+    "expired_card": "Your card has expired. Use another card.",
+}
+
+
+def refusal(exc: ShopError) -> str:
+    """What a page says of a refused request: the service's words, but a declined card's
+    reason in a shopper's (the API's detail carries the gateway's code)."""
+    if isinstance(exc, CardDeclined):
+        return CARD_DECLINED_BECAUSE.get(exc.code or "", CARD_DECLINED)
+    return exc.detail
 
 
 def wants_page(request: Request) -> bool:

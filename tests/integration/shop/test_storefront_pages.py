@@ -187,8 +187,12 @@ async def test_a_declined_card_keeps_the_cart_and_a_new_key_places_the_order(
     assert is_html(declined)
     assert error_at(declined.text, "card_number"), declined.text
     assert DECLINED not in declined.text and typed not in declined.text
+    # Said to a person, not in the gateway's code (which the API's detail names).
+    assert "Your card was declined." in (error_at(declined.text, "card_number") or "")
+    assert "card_declined" not in declined.text
     again = form_in(declined.text, "/checkout")
-    assert again.fields.get("card_number") != DECLINED
+    # Empty: neither the refused number nor the development test card typed in for them.
+    assert again.fields.get("card_number", "") == ""
     assert again.fields["cart"] == form.fields["cart"]
     assert (
         again.fields["checkout_key"] and again.fields["checkout_key"] != form.fields["checkout_key"]
@@ -604,9 +608,17 @@ async def test_paying_from_an_account_short_of_funds_then_after_a_deposit(
     assert await ledger(app) == before
     assert await paid_orders(shopper) == [] and await buyer.cart() == {"mug": 2}
 
-    deposited = await buyer.submit(
-        "/account", "/account/deposits", {"amount": "50.00", "card_number": OK_CARD}
+    refused = await buyer.submit(
+        "/account", "/account/deposits", {"amount": "50.00", "card_number": DECLINED}
     )
+    assert refused.status_code == 402, refused.text
+    assert "Your card was declined." in (error_at(refused.text, "card_number") or "")
+    assert "card_declined" not in refused.text and DECLINED not in refused.text
+    refill = form_in(refused.text, "/account/deposits")
+    assert refill.fields["amount"] == "50.00" and refill.fields.get("card_number", "") == ""
+    assert await balance(shopper) == 0 and gateway.total_charged == 0
+
+    deposited = await buyer.post("/account/deposits", {**refill.fields, "card_number": OK_CARD})
     assert deposited.status_code == 303, deposited.text
     assert "€50.00" in (flash((await buyer.follow(deposited)).text) or "")
     assert await balance(shopper) == 5000
