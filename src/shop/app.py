@@ -38,7 +38,7 @@ from .payments import HttpGateway, build_gateway
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import RequestIdMiddleware, request_id
 from .services.accounts import ensure_admin
-from .services.throttle import LoginThrottle
+from .services.throttle import LoginLimits, LoginThrottle
 from .settings import Settings
 from .web import error_response, http_error_response, login_required, static_files, wants_page
 from .web import router as web_router
@@ -108,9 +108,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.gateway = gateway
     app.state.login_throttle = LoginThrottle(
-        per_email=settings.login_max_failures_per_email,
-        per_address=settings.login_max_failures_per_address,
-        window=settings.login_failure_window,
+        engine,
+        LoginLimits(
+            per_email_and_address=settings.login_max_failures_per_email_and_address,
+            per_email=settings.login_max_failures_per_email,
+            per_address=settings.login_max_failures_per_address,
+            window=settings.login_failure_window,
+        ),
     )
     app.state.readiness_checks = {"database": lambda: _ping_database(engine)}
     if settings.session_store == "redis":

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from .settings import Settings
+from .settings import Settings, trusted_proxy
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -88,6 +88,14 @@ def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            help="Proxies to believe about the client (X-Forwarded-For, X-Forwarded-Proto): "
+            "addresses and CIDR networks, comma-separated. Overrides SHOP_FORWARDED_ALLOW_IPS; "
+            "unset there too, no proxy is believed.",
+        ),
+    ] = None,
 ) -> None:
     """Bring the database schema up to date, then serve the storefront and the API."""
     import uvicorn
@@ -96,6 +104,14 @@ def serve(
     from .request_ids import log_config
 
     settings = _settings()
+    proxies = settings.forwarded_allow_ips
+    if forwarded_allow_ips is not None:
+        try:
+            items = [item.strip() for item in forwarded_allow_ips.split(",")]
+            proxies = [trusted_proxy(item) for item in items if item]  # "" believes none
+        except ValueError as exc:
+            typer.echo(f"shop: --forwarded-allow-ips: {exc}", err=True)
+            raise typer.Exit(2) from exc
     if workers > 1 and settings.session_store == "memory":
         typer.echo(
             "shop: SHOP_SESSION_STORE=memory keeps web sessions in one process; with "
@@ -119,7 +135,11 @@ def serve(
         workers=workers,
         log_level="info",
         log_config=log_config(root_level=logging.getLevelName(logging.getLogger().level)),
-        proxy_headers=False,
+        # The client address (the log-in throttle's key, the access log's) comes from
+        # X-Forwarded-For only when the peer is one of these proxies; without any, uvicorn's
+        # middleware is left out, and its default (trust 127.0.0.1) never applies.
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
     )
 
 

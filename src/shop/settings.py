@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import secrets
 from pathlib import Path
@@ -46,9 +47,17 @@ class Settings(BaseSettings):
     session_cache: bool = True
     #: run transfers at this isolation level (PostgreSQL); None = the database's default
     transfer_isolation: Literal["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] | None = None
-    login_max_failures_per_email: int = Field(5, gt=0)
-    login_max_failures_per_address: int = Field(20, gt=0)
+    #: failed log-ins counted within ``login_failure_window`` before a 429 (services/throttle.py):
+    #: for one e-mail from one client address (guessing one password),
+    login_max_failures_per_email_and_address: int = Field(5, gt=0)
+    #: for one e-mail from every address (guessing it from many),
+    login_max_failures_per_email: int = Field(50, gt=0)
+    #: from one address for every e-mail (trying many accounts)
+    login_max_failures_per_address: int = Field(100, gt=0)
     login_failure_window: int = Field(900, gt=0)
+    #: proxies whose X-Forwarded-For / X-Forwarded-Proto `shop serve` believes: addresses and
+    #: networks (CIDR), comma-separated; empty trusts none, and the client is the peer
+    forwarded_allow_ips: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cookie_host_prefix: bool = False
     reconcile_min_age: int = Field(300, ge=0)
 
@@ -58,6 +67,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses_or_networks(cls, value: list[str]) -> list[str]:
+        """Checked here: uvicorn takes a malformed entry as a literal that never matches."""
+        return [trusted_proxy(item) for item in value]
 
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:
@@ -85,3 +107,18 @@ class Settings(BaseSettings):
             DEV_SECRET_FILE,
         )
         return [key]
+
+
+def trusted_proxy(item: str) -> str:
+    """An address or a network (``10.0.0.0/8``) a proxy may connect from, in its usual form."""
+    if item == "*":
+        raise ValueError(
+            "'*' would let every client choose its own address (and escape the per-address "
+            "log-in limit); list the proxies' addresses or networks"
+        )
+    try:
+        if "/" in item:
+            return str(ipaddress.ip_network(item))
+        return str(ipaddress.ip_address(item))
+    except ValueError as exc:  # "... does not appear to be an IPv4 or IPv6 address"
+        raise ValueError(f"not an IP address or network (CIDR): {exc}") from None

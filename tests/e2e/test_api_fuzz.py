@@ -86,6 +86,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # The fuzzer fails many log-ins from one address, and the callers must still log in.
         SHOP_LOGIN_MAX_FAILURES_PER_ADDRESS="1000000",
         SHOP_LOGIN_MAX_FAILURES_PER_EMAIL="1000000",
+        SHOP_LOGIN_MAX_FAILURES_PER_EMAIL_AND_ADDRESS="1000000",
     )
     subprocess.run([SHOP, "seed", "--demo"], cwd=workdir, env=env, check=True, timeout=60)
     process = shop_server(workdir, env).start()

@@ -5,13 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 
-from fastapi_atomic import DBDep
+from fastapi_atomic import UnitOfWorkDep
 from fastapi_atomic.websession import WebSessionDep
 from shop.fields import Email, Text
 from shop.services import auth
+from shop.services.throttle import LoginBlocked
 
 from .deps import Csrf, CurrentUser, LoginThrottleDep, SessionUser
 from .responses import BODY, NO_CSRF_TOKEN, NOT_LOGGED_IN, PARAMETERS, error, header, success
@@ -62,6 +63,12 @@ def _utc(timestamp: float) -> datetime:
 
 #: logging in sets the session cookie; logging out clears it and the browser's cookies
 SETS_COOKIE = {"Set-Cookie": header("The session cookie.")}
+#: on a 429: the log-in may be tried again then
+BLOCK_ENDS = {
+    "Retry-After": header(
+        "Seconds until the failures that block it are too old to count.", {"type": "integer"}
+    )
+}
 CLEARS_COOKIE = {
     "Set-Cookie": header("The session cookie, cleared."),
     "Clear-Site-Data": header('`"cookies"`'),
@@ -86,20 +93,30 @@ async def get_session(user: CurrentUser, websession: WebSessionDep) -> SessionOu
         **BODY,
         200: success(private=True, headers=SETS_COOKIE),
         401: error("Wrong e-mail or password.", private=True),
-        429: error("Too many failed log-ins for this e-mail or from this address.", private=True),
+        429: error(
+            "Too many failed log-ins for this e-mail or from this address.",
+            private=True,
+            headers=BLOCK_ENDS,
+        ),
     },
 )
 async def log_in(
     body: Login,
     request: Request,
-    db: DBDep,
+    uow: UnitOfWorkDep,
     websession: WebSessionDep,
     throttle: LoginThrottleDep,
 ) -> LoggedIn:
+    # the peer, or the client a trusted proxy names (`shop serve --forwarded-allow-ips`)
     address = request.client.host if request.client else "unknown"
-    user = await auth.authenticate(
-        db, throttle, email=body.email, password=body.password, address=address
-    )
+    try:
+        user = await auth.authenticate(
+            uow, throttle, email=body.email, password=body.password, address=address
+        )
+    except LoginBlocked as exc:  # the shop's error answer, with when to try again
+        raise HTTPException(
+            exc.status_code, exc.detail, headers={"Retry-After": str(exc.retry_after)}
+        ) from exc
     auth.log_in(websession, user)
     profile = SessionUser(id=user.id, name=user.name, email=user.email, roles=auth.roles_of(user))
     assert websession.csrf_token is not None

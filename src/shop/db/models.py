@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -189,6 +190,28 @@ class Deposit(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LoginFailure(Base):
+    """One failed log-in, a row of its own: processes that fail at once never overwrite each
+    other's count. Read and purged by services/throttle.py, kept for its window only."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (
+        Index("ix_login_failures_email_failed_at", "email", "failed_at"),
+        Index("ix_login_failures_address_failed_at", "address", "failed_at"),
+        Index("ix_login_failures_failed_at", "failed_at"),
+    )
+
+    #: SQLite numbers rows only in an INTEGER primary key
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    email: Mapped[str] = mapped_column(String(254))
+    #: the client address as the throttle keys it (an IPv6 client's /64)
+    address: Mapped[str] = mapped_column(String(64))
+    #: seconds since the epoch: the throttle's clock, compared with arithmetic
+    failed_at: Mapped[float] = mapped_column(Float)
 
 
 # The library's tables live in the shop's metadata, so the shop's migrations create them.

@@ -3,11 +3,10 @@ remembers of them. The JSON API and the storefront's pages both log in through h
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from fastapi_atomic import UnitOfWork
 from fastapi_atomic.websession import WebSession
 from shop.db.models import User
-from shop.errors import NotAuthenticated, TooManyAttempts
+from shop.errors import NotAuthenticated
 
 from .accounts import find_user_by_email
 from .passwords import verify_password
@@ -15,17 +14,17 @@ from .throttle import LoginThrottle
 
 
 async def authenticate(
-    db: AsyncSession, throttle: LoginThrottle, *, email: str, password: str, address: str
+    uow: UnitOfWork, throttle: LoginThrottle, *, email: str, password: str, address: str
 ) -> User:
-    """The user these credentials name. A failure counts against the e-mail and the address,
-    and the same answer is given for an unknown e-mail as for a wrong password."""
-    if throttle.blocked(email, address):
-        raise TooManyAttempts("Too many failed log-in attempts; try again later.")
-    user = await find_user_by_email(db, email)
+    """The user these credentials name. A failure counts against the e-mail and the address
+    (written once the request's transaction ends: see services/throttle.py), and the same
+    answer is given for an unknown e-mail as for a wrong password."""
+    await throttle.check(uow.db, email, address)
+    user = await find_user_by_email(uow.db, email)
     if not await verify_password(user.password_hash if user else None, password) or not user:
-        throttle.failed(email, address)
+        throttle.count_failure(uow, email, address)
         raise NotAuthenticated("Wrong e-mail or password.")
-    throttle.succeeded(email)
+    await throttle.succeeded(uow.db, email, address)
     return user
 
 

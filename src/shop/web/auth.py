@@ -7,11 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import Response
 
-from fastapi_atomic import DBDep
+from fastapi_atomic import DBDep, UnitOfWorkDep
 from fastapi_atomic.websession import WebSession, WebSessionDep
 from shop.api.deps import LoginThrottleDep
 from shop.errors import Conflict, ShopError
 from shop.services import accounts, auth
+from shop.services.throttle import LoginBlocked
 
 from .forms import LoginForm, SignUpForm, read_form, typed_values
 from .pages import Customer, FormChecks, flash, local_url, redirect, render
@@ -32,7 +33,7 @@ async def login_page(
 @router.post("/login", dependencies=FormChecks)
 async def log_in(
     request: Request,
-    db: DBDep,
+    uow: UnitOfWorkDep,
     websession: WebSessionDep,
     throttle: LoginThrottleDep,
     next_url: NextField = None,
@@ -41,15 +42,19 @@ async def log_in(
     form, errors = await read_form(request, LoginForm)
     if form is None:
         return await _failed(request, websession, "login.html", target, errors=errors)
+    # the peer, or the client a trusted proxy names (`shop serve --forwarded-allow-ips`)
     address = request.client.host if request.client else "unknown"
     try:
         user = await auth.authenticate(
-            db, throttle, email=form.email, password=form.password, address=address
+            uow, throttle, email=form.email, password=form.password, address=address
         )
     except ShopError as exc:
-        return await _failed(
+        page = await _failed(
             request, websession, "login.html", target, error=exc.detail, status_code=exc.status_code
         )
+        if isinstance(exc, LoginBlocked):
+            page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     auth.log_in(websession, user)
     flash(websession, f"Welcome back, {user.name}.")
     return redirect(target)

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from shop_testing import NewShopper, Shopper, client_for
 
 from shop.api.deps import SessionUser, current_user, get_login_throttle
-from shop.services.throttle import LoginThrottle
+from shop.services.throttle import LoginLimits, LoginThrottle
 
 
 async def test_overriding_the_current_user_skips_logging_in(
@@ -27,7 +27,10 @@ async def test_overriding_the_current_user_skips_logging_in(
 
 async def test_overriding_the_login_throttle(app: FastAPI, new_shopper: NewShopper) -> None:
     shopper: Shopper = await new_shopper()
-    strict = LoginThrottle(per_email=1, per_address=100, window=60)
+    strict = LoginThrottle(
+        app.state.engine,
+        LoginLimits(per_email_and_address=1, per_email=100, per_address=100, window=60),
+    )
     app.dependency_overrides[get_login_throttle] = lambda: strict
     wrong = {"email": shopper.email, "password": "not the password"}
     async with client_for(app) as browser:

@@ -46,6 +46,7 @@ def shop_settings(database_url: str) -> Settings:
     would lock the customer out (a 429 is no finding; being unable to log in again is)."""
     return make_settings(
         database_url,
+        login_max_failures_per_email_and_address=10**9,
         login_max_failures_per_email=10**9,
         login_max_failures_per_address=10**9,
     )
