@@ -15,29 +15,19 @@ from typing import Any
 
 import httpx
 import pytest
-from serving import SHOP, Process, base_url, fake_gateway, free_port, shop_env, shop_server
-
-ADMIN = {"email": "admin@example.com", "password": "admin-password"}
-CUSTOMER = {"email": "crash@example.com", "password": "crash-password"}
-
-
-def log_in(url: str, credentials: dict[str, str]) -> tuple[httpx.Client, str]:
-    client = httpx.Client(base_url=url, timeout=10)
-    response = client.post("/api/session", json=credentials)
-    assert response.status_code == 200, response.text
-    return client, response.json()["csrf_token"]
-
-
-def setup_shop(url: str) -> int:
-    admin, token = log_in(url, ADMIN)
-    product = admin.post(
-        "/api/products",
-        json={"sku": "crash-mug", "name": "Mug", "price": 1000, "stock": 5},
-        headers={"X-CSRF-Token": token},
-    ).json()
-    signup = httpx.post(f"{url}/api/users", json={"name": "Crash", **CUSTOMER})
-    assert signup.status_code == 201
-    return int(product["id"])
+from serving import (
+    ADMIN,
+    CUSTOMER,
+    SHOP,
+    Process,
+    base_url,
+    fake_gateway,
+    free_port,
+    log_in,
+    setup_shop,
+    shop_env,
+    shop_server,
+)
 
 
 def order_in_background(url: str, product_id: int) -> threading.Thread:

@@ -90,3 +90,32 @@ def fake_gateway(workdir: Path, latency_ms: int, port: int | None = None) -> Pro
 
 def base_url(process: Process) -> str:
     return process.health_url.removesuffix("/healthz")
+
+
+# --- a shop to drive over HTTP: an administrator, a customer, a product ---------------------
+
+#: give these to the server as SHOP_ADMIN_EMAIL / SHOP_ADMIN_PASSWORD
+ADMIN = {"email": "admin@example.com", "password": "admin-password"}
+CUSTOMER = {"email": "crash@example.com", "password": "crash-password"}
+
+
+def log_in(url: str, credentials: dict[str, str]) -> tuple[httpx.Client, str]:
+    """A client logged in as ``credentials``, and its CSRF token."""
+    client = httpx.Client(base_url=url, timeout=30)
+    response = client.post("/api/session", json=credentials)
+    assert response.status_code == 200, response.text
+    return client, response.json()["csrf_token"]
+
+
+def setup_shop(url: str, *, stock: int = 5) -> int:
+    """The administrator adds a product (price 1000, ``stock``) and CUSTOMER signs up; the
+    product's id."""
+    admin, token = log_in(url, ADMIN)
+    product = admin.post(
+        "/api/products",
+        json={"sku": "crash-mug", "name": "Mug", "price": 1000, "stock": stock},
+        headers={"X-CSRF-Token": token},
+    ).json()
+    signup = httpx.post(f"{url}/api/users", json={"name": "Crash", **CUSTOMER})
+    assert signup.status_code == 201
+    return int(product["id"])
