@@ -189,8 +189,10 @@ def _unavailable_page(request: Request, detail: str) -> Response | None:
 async def _shop_error(request: Request, exc: ShopError) -> Response:
     if wants_page(request):
         return error_response(request, exc.status_code, exc.detail)
-    headers = {"Retry-After": "1"} if exc.status_code == 503 else None
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+    headers = {"Retry-After": "1"} if exc.status_code == 503 else {}
+    return JSONResponse(
+        {"detail": exc.detail}, status_code=exc.status_code, headers=headers | exc.headers
+    )
 
 
 async def _internal_error(request: Request, _exc: Exception) -> Response:

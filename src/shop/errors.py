@@ -5,6 +5,8 @@ from __future__ import annotations
 
 class ShopError(Exception):
     status_code = 400
+    #: headers its answer carries, as JSON or as a page (``Retry-After`` on a block)
+    headers: dict[str, str] = {}
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)

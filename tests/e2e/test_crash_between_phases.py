@@ -21,6 +21,7 @@ from serving import (
     SHOP,
     Process,
     base_url,
+    card_order,
     fake_gateway,
     free_port,
     log_in,
@@ -35,14 +36,7 @@ def order_in_background(url: str, product_id: int) -> threading.Thread:
 
     def place() -> None:
         with contextlib.suppress(httpx.TransportError):  # the server dies under us: the point
-            client.post(
-                "/api/orders",
-                json={
-                    "items": [{"product_id": product_id, "quantity": 2}],
-                    "payment": {"method": "card", "card_number": "4242424242424242"},
-                },
-                headers={"X-CSRF-Token": token},
-            )
+            card_order(client, token, product_id, quantity=2)
 
     thread = threading.Thread(target=place, daemon=True)
     thread.start()

@@ -21,6 +21,7 @@ from serving import (
     SHOP,
     Process,
     base_url,
+    card_order,
     fake_gateway,
     free_port,
     log_in,
@@ -53,15 +54,7 @@ def test_sigterm_answers_every_request_in_flight_then_exits(tmp_path: Path, work
 
         def order(client: httpx.Client, token: str) -> None:
             try:
-                response = client.post(
-                    "/api/orders",
-                    json={
-                        "items": [{"product_id": product_id, "quantity": 1}],
-                        "payment": {"method": "card", "card_number": "4242424242424242"},
-                    },
-                    headers={"X-CSRF-Token": token},
-                )
-                answers.append(response.status_code)
+                answers.append(card_order(client, token, product_id, quantity=1).status_code)
             except httpx.TransportError as exc:
                 answers.append(f"no answer: {exc!r}")
 

@@ -119,3 +119,15 @@ def setup_shop(url: str, *, stock: int = 5) -> int:
     signup = httpx.post(f"{url}/api/users", json={"name": "Crash", **CUSTOMER})
     assert signup.status_code == 201
     return int(product["id"])
+
+
+def card_order(client: httpx.Client, token: str, product_id: int, quantity: int) -> httpx.Response:
+    """POST /api/orders paid with the test card that pays."""
+    return client.post(
+        "/api/orders",
+        json={
+            "items": [{"product_id": product_id, "quantity": quantity}],
+            "payment": {"method": "card", "card_number": "4242424242424242"},
+        },
+        headers={"X-CSRF-Token": token},
+    )

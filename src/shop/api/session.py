@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, Field
 
 from fastapi_atomic import UnitOfWorkDep
 from fastapi_atomic.websession import WebSessionDep
 from shop.fields import Email, Text
 from shop.services import auth
-from shop.services.throttle import LoginBlocked
 
 from .deps import Csrf, CurrentUser, LoginThrottleDep, SessionUser
 from .responses import BODY, NO_CSRF_TOKEN, NOT_LOGGED_IN, PARAMETERS, error, header, success
@@ -109,14 +108,9 @@ async def log_in(
 ) -> LoggedIn:
     # the peer, or the client a trusted proxy names (`shop serve --forwarded-allow-ips`)
     address = request.client.host if request.client else "unknown"
-    try:
-        user = await auth.authenticate(
-            uow, throttle, email=body.email, password=body.password, address=address
-        )
-    except LoginBlocked as exc:  # the shop's error answer, with when to try again
-        raise HTTPException(
-            exc.status_code, exc.detail, headers={"Retry-After": str(exc.retry_after)}
-        ) from exc
+    user = await auth.authenticate(
+        uow, throttle, email=body.email, password=body.password, address=address
+    )
     auth.log_in(websession, user)
     profile = SessionUser(id=user.id, name=user.name, email=user.email, roles=auth.roles_of(user))
     assert websession.csrf_token is not None

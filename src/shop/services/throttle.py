@@ -79,6 +79,7 @@ class LoginBlocked(TooManyAttempts):
     def __init__(self, retry_after: float) -> None:
         super().__init__("Too many failed log-in attempts; try again later.")
         self.retry_after = max(1, math.ceil(retry_after))
+        self.headers = {"Retry-After": str(self.retry_after)}
 
 
 def address_key(host: str) -> str:

@@ -12,7 +12,6 @@ from fastapi_atomic.websession import WebSession, WebSessionDep
 from shop.api.deps import LoginThrottleDep
 from shop.errors import Conflict, ShopError
 from shop.services import accounts, auth
-from shop.services.throttle import LoginBlocked
 
 from .forms import LoginForm, SignUpForm, read_form, typed_values
 from .pages import Customer, FormChecks, flash, local_url, redirect, render
@@ -52,8 +51,7 @@ async def log_in(
         page = await _failed(
             request, websession, "login.html", target, error=exc.detail, status_code=exc.status_code
         )
-        if isinstance(exc, LoginBlocked):
-            page.headers["Retry-After"] = str(exc.retry_after)
+        page.headers.update(exc.headers)
         return page
     auth.log_in(websession, user)
     flash(websession, f"Welcome back, {user.name}.")
