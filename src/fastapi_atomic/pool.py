@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy.pool import AsyncAdaptedQueuePool
@@ -30,6 +31,13 @@ class FairQueue(AsyncAdaptedQueue[T]):
     def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
         super().__init__(maxsize, use_lifo)
         self._waiters: deque[asyncio.Future[T]] = deque()
+        #: called with the number of waiting requests whenever one starts or stops waiting
+        self.on_waiting: Callable[[int], None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a connection now."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
 
     def put_nowait(self, item: T) -> None:
         while self._waiters:
@@ -51,7 +59,12 @@ class FairQueue(AsyncAdaptedQueue[T]):
         self._waiters.append(waiter)
         return await_(self._wait(waiter, timeout))
 
+    def _report_waiting(self) -> None:
+        if self.on_waiting is not None:
+            self.on_waiting(self.waiting)
+
     async def _wait(self, waiter: asyncio.Future[T], seconds: float | None) -> T:
+        self._report_waiting()
         try:
             async with asyncio.timeout(seconds):
                 return await waiter
@@ -66,9 +79,18 @@ class FairQueue(AsyncAdaptedQueue[T]):
                 self.put_nowait(waiter.result())
             waiter.cancel()
             raise
+        finally:
+            self._report_waiting()
 
 
 class FairAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
     """SQLAlchemy's asyncio pool, with its waiters served in arrival order."""
 
     _queue_class: Any = FairQueue
+
+    @property
+    def waiting_queue(self) -> FairQueue[Any]:
+        """The queue of idle connections and waiting requests (see :attr:`FairQueue.on_waiting`)."""
+        queue = self._pool
+        assert isinstance(queue, FairQueue)
+        return queue

@@ -20,7 +20,7 @@ async def take(queue: AsyncAdaptedQueue[str], pool_timeout: float | None = 5.0) 
 async def waiting(queue: FairQueue[str], count: int) -> None:
     """Until ``count`` takers are queued (a few turns of the loop)."""
     for _ in range(100):
-        if sum(not w.done() for w in queue._waiters) >= count:
+        if queue.waiting >= count:
             return
         await asyncio.sleep(0)
     raise AssertionError(f"{count} takers never queued")
@@ -96,3 +96,17 @@ async def test_a_waiter_cancelled_before_the_handover_is_skipped() -> None:
     await waiting(queue, 1)
     queue.put_nowait("a")
     assert await later == "a"
+
+
+async def test_the_waiting_count_is_reported_as_takers_start_and_stop_waiting() -> None:
+    queue: FairQueue[str] = FairQueue(2)
+    seen: list[int] = []
+    queue.on_waiting = seen.append
+    takers = [asyncio.create_task(take(queue)) for _ in range(2)]
+    await waiting(queue, 2)
+    assert queue.waiting == 2
+    queue.put_nowait("a")
+    queue.put_nowait("b")
+    assert await asyncio.gather(*takers) == ["a", "b"]
+    assert queue.waiting == 0
+    assert seen[:2] == [1, 2] and seen[-1] == 0
