@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from .pool import FairAsyncAdaptedQueuePool
+from .sqlite import Checkpointer, inline_creator, install_inline
 
 #: execution option read by the SQLite ``begin`` listener: "IMMEDIATE" or "DEFERRED"
 SQLITE_BEGIN_OPTION = "fastapi_atomic_sqlite_begin"
@@ -58,13 +59,27 @@ def create_engine(
     pool_timeout: float = 10,
     pool_pre_ping: bool = False,
     sqlite_busy_timeout_ms: int = 5000,
+    sqlite_inline: bool = True,
     **kwargs: Any,
 ) -> AsyncEngine:
     """SQLAlchemy's ``create_async_engine`` with the defaults above; any argument it takes can
     be given. A ``poolclass`` given replaces the fair pool; the pool settings apply to queue
-    pools (an in-memory SQLite database keeps SQLAlchemy's single-connection pool)."""
+    pools (an in-memory SQLite database keeps SQLAlchemy's single-connection pool).
+    ``sqlite_inline``: on a SQLite file with aiosqlite, statements run on the event loop
+    (:mod:`.sqlite`) unless an ``async_creator`` is given."""
     parsed = make_url(url)
     in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    inline = (
+        sqlite_inline
+        and not in_memory
+        and parsed.get_driver_name() == "aiosqlite"
+        and "async_creator" not in kwargs
+        and "creator" not in kwargs
+    )
+    if inline:
+        (database, *_), options = parsed.get_dialect()().create_connect_args(parsed)
+        connect_args = dict(options)
+        kwargs["async_creator"] = inline_creator(database, connect_args, sqlite_busy_timeout_ms)
     if not in_memory:
         kwargs.setdefault("poolclass", FairAsyncAdaptedQueuePool)
     if issubclass(kwargs.get("poolclass", type(None)), QueuePool):
@@ -77,10 +92,17 @@ def create_engine(
     kwargs.setdefault("hide_parameters", True)
     engine = create_async_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
-        configure_sqlite(engine, busy_timeout_ms=sqlite_busy_timeout_ms)
+        # an inline connection waits for a lock in its thread, never in SQLite's busy handler
+        busy_timeout_ms = 0 if inline else sqlite_busy_timeout_ms
+        configure_sqlite(engine, busy_timeout_ms=busy_timeout_ms)
+        if inline:
+            checkpointer = Checkpointer(database, connect_args)
+            install_inline(engine.sync_engine, checkpointer)
         if not in_memory and issubclass(kwargs.get("poolclass", type(None)), QueuePool):
             writer = create_async_engine(url, **(kwargs | {"pool_size": 1, "max_overflow": 0}))
-            configure_sqlite(writer, busy_timeout_ms=sqlite_busy_timeout_ms)
+            configure_sqlite(writer, busy_timeout_ms=busy_timeout_ms)
+            if inline:
+                install_inline(writer.sync_engine, checkpointer)
             _WRITERS[engine.sync_engine] = writer
 
             @event.listens_for(engine.sync_engine, "engine_disposed")

@@ -1,0 +1,191 @@
+"""SQLite statements run on the event loop, not in a thread.
+
+aiosqlite runs each call (every statement, every fetch, BEGIN and COMMIT) in a thread of its
+own and hands the result back through the event loop: one wake-up of the loop per call, and
+under load a wait behind every other ready callback before the request sees its answer. A
+transfer is about ten such calls, and the one writer connection is held through all of them,
+so the writer's hold, and with it every write's wait, grows with the load on the loop.
+
+A SQLite statement on a small database takes microseconds, less than the hop. So here a call
+runs where it is made, on the loop, and only what may wait goes to the thread:
+
+- a statement that finds the file locked by another connection (``SQLITE_BUSY``: another
+  process's writer, a checkpoint) is not left to block the loop in SQLite's busy handler. The
+  connection's busy timeout is 0, so SQLite answers BUSY at once, and the same call is made
+  again in the connection's thread with the busy timeout set, where it waits as before;
+- calls that can be long by nature (``backup``, ``executescript``, ``iterdump``) always run in
+  the thread;
+- a commit never runs a checkpoint (the copy of the write-ahead log into the database, with its
+  ``fsync``) on the loop: automatic checkpoints are off on these connections, and a
+  :class:`Checkpointer` thread per database file and process runs a passive one every
+  fraction of a second, which never blocks a reader or a writer.
+
+Only one task uses a pooled connection at a time, and while its call waits in the thread the
+task waits too, so the connection is never used by the loop and the thread at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import weakref
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import aiosqlite
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+log = logging.getLogger(__name__)
+
+#: the primary result code of "database is locked" and its extended codes
+SQLITE_BUSY = 5
+#: the extended code of a write refused because the transaction's snapshot is stale: waiting
+#: cannot help (the transaction must start again), so it is not retried in the thread
+SQLITE_BUSY_SNAPSHOT = 517
+#: calls that may take long whatever the load: never on the loop
+_LONG_CALLS = frozenset({"backup", "executescript", "iterdump"})
+#: how often the checkpointer copies the write-ahead log into the database
+CHECKPOINT_INTERVAL_S = 0.2
+
+
+def is_busy(error: BaseException) -> bool:
+    """Whether ``error`` is SQLite's "database is locked", which waiting may resolve."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return (
+        isinstance(error, sqlite3.OperationalError)
+        and code is not None
+        and code & 0xFF == SQLITE_BUSY
+        and code != SQLITE_BUSY_SNAPSHOT
+    )
+
+
+class InlineConnection(aiosqlite.Connection):
+    """An aiosqlite connection whose calls run on the event loop; see the module's docstring.
+
+    ``busy_timeout_ms`` is how long a call that found the file locked then waits in the
+    thread; the connection's own busy timeout must be 0."""
+
+    def __init__(self, connector: Callable[[], sqlite3.Connection], busy_timeout_ms: int) -> None:
+        super().__init__(connector, iter_chunk_size=64)
+        self.busy_timeout_ms = busy_timeout_ms
+
+    async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if not self._running or not self._connection:
+            raise ValueError("Connection closed")
+        if getattr(fn, "__name__", "") in _LONG_CALLS:
+            return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call]
+        try:
+            return fn(*args, **kwargs)
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
+        return await super()._execute(  # type: ignore[no-untyped-call]
+            self._waiting, partial(fn, *args, **kwargs)
+        )
+
+    def _waiting(self, call: Callable[[], Any]) -> Any:
+        """In the connection's thread: ``call`` again, with SQLite's busy handler waiting."""
+        connection = self._conn
+        connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        try:
+            return call()
+        finally:
+            connection.execute("PRAGMA busy_timeout = 0")
+
+
+def inline_creator(
+    database: str, connect_args: dict[str, Any], busy_timeout_ms: int
+) -> Callable[[], Any]:
+    """An ``async_creator`` for ``create_async_engine``: inline connections to ``database``."""
+    connect_args = connect_args | {"check_same_thread": False}
+
+    async def create() -> InlineConnection:
+        connection = InlineConnection(
+            partial(sqlite3.connect, database, **connect_args), busy_timeout_ms
+        )
+        connection._thread.daemon = True  # as SQLAlchemy does for aiosqlite's own
+        await connection
+        return connection
+
+    return create
+
+
+def install_inline(engine: Engine, checkpointer: Checkpointer) -> None:
+    """Turn off automatic checkpoints on ``engine``'s connections, and have ``checkpointer``
+    (one per database file, shared by the file's engines) run from the engine's first
+    connection until it is disposed of."""
+
+    @event.listens_for(engine, "connect")
+    def _no_checkpoint_on_commit(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA wal_autocheckpoint = 0")
+        finally:
+            cursor.close()
+        checkpointer.start()  # again after the engine was disposed of and is used anew
+
+    @event.listens_for(engine, "engine_disposed")
+    def _stop(_engine: Engine) -> None:
+        checkpointer.stop()
+
+    weakref.finalize(engine, checkpointer.stop)
+
+
+class Checkpointer:
+    """A thread that copies the write-ahead log into the database file now and then.
+
+    Passive: it copies what no reader still needs and never waits for a lock, so it delays no
+    one; a checkpoint another process is running meanwhile is simply left to that process."""
+
+    def __init__(self, database: str, connect_args: dict[str, Any]) -> None:
+        self.database = database
+        self.connect_args = connect_args | {"check_same_thread": False}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+
+    def start(self) -> None:
+        """Start the thread, unless it runs."""
+        with self._lock:
+            if self._thread is not None and not self._stopping.is_set():
+                return
+            self._stopping = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(self._stopping,),
+                name=f"sqlite-checkpoint {self.database}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Have the thread make a last checkpoint and end."""
+        with self._lock:
+            self._stopping.set()
+
+    def checkpoint(self, connection: sqlite3.Connection) -> None:
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
+
+    def _run(self, stopping: threading.Event) -> None:
+        try:
+            connection = sqlite3.connect(self.database, **self.connect_args)
+        except sqlite3.Error:
+            log.exception("the checkpointer of %s could not connect", self.database)
+            return
+        try:
+            connection.execute("PRAGMA busy_timeout = 0")
+            while not stopping.wait(CHECKPOINT_INTERVAL_S):
+                try:
+                    self.checkpoint(connection)
+                except sqlite3.Error:
+                    log.exception("checkpoint of %s failed", self.database)
+            self.checkpoint(connection)  # what the last commits wrote, before the process ends
+        finally:
+            connection.close()

@@ -1,0 +1,217 @@
+"""SQLite statements on the event loop (fastapi_atomic.sqlite): where they run, what happens when
+another connection holds the file's write lock, and who copies the write-ahead log back."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from fastapi_atomic import atomic, create_engine
+from fastapi_atomic.engine import writer_engine
+from fastapi_atomic.sqlite import InlineConnection, is_busy
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'inline.db'}", pool_size=4)
+    async with atomic(engine) as uow:
+        await uow.db.execute(text("CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER)"))
+        await uow.db.execute(text("INSERT INTO counter VALUES (1, 0)"))
+    yield engine
+    await engine.dispose()
+
+
+def database_file(engine: AsyncEngine) -> str:
+    database = engine.url.database
+    assert database
+    return database
+
+
+def threads_running_statements(engine: AsyncEngine) -> list[int]:
+    """The ids of the threads SQLite runs each statement of ``engine``'s connections in."""
+    seen: list[int] = []
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _trace(dbapi_connection: Any, _record: Any) -> None:
+        raw: sqlite3.Connection = dbapi_connection._connection._conn
+        raw.set_trace_callback(lambda _sql: seen.append(threading.get_ident()))
+
+    return seen
+
+
+async def increment(engine: AsyncEngine) -> None:
+    async with atomic(engine) as uow:
+        await uow.db.execute(text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+
+
+async def count(engine: AsyncEngine) -> int:
+    async with atomic(engine) as uow:
+        return int((await uow.db.execute(text("SELECT n FROM counter WHERE id = 1"))).scalar_one())
+
+
+async def test_statements_run_on_the_event_loops_thread(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'thread.db'}")
+    writer = writer_engine(engine)
+    seen = threads_running_statements(engine)
+    seen_by_writer = threads_running_statements(writer)
+    try:
+        async with atomic(engine) as uow:
+            await uow.db.execute(text("CREATE TABLE t (x INTEGER)"))
+            await uow.db.execute(text("INSERT INTO t VALUES (1)"))
+        async with engine.connect() as connection:  # a reader of the engine's own pool
+            assert (await connection.execute(text("SELECT x FROM t"))).scalar_one() == 1
+        async with writer.connect() as connection:
+            raw = await connection.get_raw_connection()
+            assert isinstance(raw.driver_connection, InlineConnection)
+    finally:
+        await engine.dispose()
+    assert seen and seen_by_writer
+    assert set(seen) | set(seen_by_writer) == {threading.get_ident()}
+
+
+async def test_a_write_waits_off_the_loop_for_another_connections_lock(
+    engine: AsyncEngine,
+) -> None:
+    """Another process's writer holds the lock for 0.3 s: the write waits for it in the
+    connection's thread, and the loop goes on serving meanwhile."""
+    other = sqlite3.connect(database_file(engine), isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    released = threading.Timer(0.3, other.execute, ["COMMIT"])
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticking = asyncio.create_task(ticker())
+    released.start()
+    try:
+        started = time.monotonic()
+        await increment(engine)
+        waited = time.monotonic() - started
+    finally:
+        ticking.cancel()
+        released.join()
+        other.close()
+    assert waited >= 0.25  # it did wait for the lock, not fail or skip it
+    assert ticks >= 10  # and the loop ran other tasks meanwhile
+    assert await count(engine) == 1
+
+
+async def test_a_lock_held_past_the_busy_timeout_fails_the_write(tmp_path: Path) -> None:
+    engine = create_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'held.db'}", sqlite_busy_timeout_ms=200
+    )
+    async with atomic(engine) as uow:
+        await uow.db.execute(text("CREATE TABLE t (x INTEGER)"))
+    other = sqlite3.connect(database_file(engine), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError) as raised:
+            async with atomic(engine) as uow:
+                await uow.db.execute(text("INSERT INTO t VALUES (1)"))
+        assert is_busy(raised.value.orig.__cause__ or raised.value.orig)  # type: ignore[arg-type]
+        assert 0.15 <= time.monotonic() - started < 5
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+        await engine.dispose()
+
+
+WRITER = """
+import asyncio, sys
+from sqlalchemy import text
+from fastapi_atomic import atomic, create_engine
+
+async def main() -> None:
+    engine = create_engine(sys.argv[1])
+    for _ in range(int(sys.argv[2])):
+        async with atomic(engine) as uow:
+            await uow.db.execute(text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+    await engine.dispose()
+
+asyncio.run(main())
+"""
+
+
+async def test_processes_sharing_the_file_lose_no_update(engine: AsyncEngine) -> None:
+    """Three processes write the same row at once: each waits for the others' lock in its
+    connection's thread, and every increment lands."""
+    url = f"sqlite+aiosqlite:///{database_file(engine)}"
+    processes = [
+        await asyncio.create_subprocess_exec(sys.executable, "-c", WRITER, url, "200")
+        for _ in range(3)
+    ]
+    for _ in range(50):  # this process writes too, meanwhile
+        await increment(engine)
+    assert [await process.wait() for process in processes] == [0, 0, 0]
+    assert await count(engine) == 650
+
+
+def in_main_file(database: str) -> int:
+    """The counter as the database file holds it, without the write-ahead log."""
+    connection = sqlite3.connect(f"file:{database}?mode=ro&immutable=1", uri=True)
+    try:
+        return int(connection.execute("SELECT n FROM counter WHERE id = 1").fetchone()[0])
+    except sqlite3.OperationalError:  # not even the table there yet
+        return -1
+    finally:
+        connection.close()
+
+
+async def test_commits_reach_the_database_file_through_the_checkpointer(
+    engine: AsyncEngine,
+) -> None:
+    for _ in range(5):
+        await increment(engine)
+    deadline = time.monotonic() + 5
+    while in_main_file(database_file(engine)) != 5:
+        assert time.monotonic() < deadline, "the write-ahead log was never copied back"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_commit_does_not_checkpoint(engine: AsyncEngine) -> None:
+    async with engine.connect() as connection:
+        autocheckpoint = (await connection.exec_driver_sql("PRAGMA wal_autocheckpoint")).scalar()
+    assert autocheckpoint == 0
+
+
+async def test_the_checkpointer_stops_with_the_engine(tmp_path: Path) -> None:
+    database = tmp_path / "stops.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{database}")
+    async with atomic(engine) as uow:
+        await uow.db.execute(text("SELECT 1"))
+
+    def checkpointers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"sqlite-checkpoint {database}"]
+
+    assert len(checkpointers()) == 1
+    await engine.dispose()
+    for thread in checkpointers():
+        thread.join(timeout=5)
+    assert checkpointers() == []
+
+
+async def test_the_driver_thread_can_be_chosen(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'thread.db'}", sqlite_inline=False)
+    seen = threads_running_statements(engine)
+    try:
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()
+    assert seen and threading.get_ident() not in seen
