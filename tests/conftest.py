@@ -73,6 +73,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The PostgreSQL server's URL, for a test that makes (and drops) databases of its own."""
+    require_service("PostgreSQL", POSTGRES_URL, 5432)
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The Redis server's URL, for a fixture wider than a test (``redis_url`` is per test)."""
+    require_service("Redis", REDIS_URL, 6379)
+    return REDIS_URL
+
+
 # --- PostgreSQL: one throw-away database per test run, emptied between tests -------------
 
 

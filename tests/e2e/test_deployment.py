@@ -1,0 +1,389 @@
+"""The shop on two hosts of two workers each behind nginx, sharing PostgreSQL and a web-session
+store (SQL, then Redis): what one process does, every other one sees. Clients go through the
+proxy, concurrently, and every test checks its requests were spread over both hosts.
+
+The checks: transfers never change the bank's total nor overdraw an account; orders never sell
+more than the stock and charge a card once per order; every paid order's id is in its buyer's
+web session, also when several clients of one session order at once; a log-out is a 401 on
+every worker of every host at once, though each had the session in its cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from deployment import NGINX_MISSING, REDIS_URL, Deployment, Host, deployment, nginx_missing
+from serving import ADMIN
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+#: concurrent clients (threads)
+CLIENTS = 12
+PASSWORD = "a good password"
+CARD = "4242424242424242"
+
+A = TypeVar("A")
+T = TypeVar("T")
+_emails = itertools.count()
+
+
+@pytest.fixture(scope="module", params=["sql", "redis"])
+def shop(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: str,
+) -> Iterator[Deployment]:
+    if nginx_missing():
+        if IN_CI:
+            pytest.fail(f"{NGINX_MISSING}; CI=true requires it", pytrace=False)
+        pytest.skip(NGINX_MISSING)
+    store = str(request.param)
+    redis_url = str(request.getfixturevalue("redis_server")) if store == "redis" else REDIS_URL
+    workdir: Path = tmp_path_factory.mktemp(f"deployment-{store}")
+    # A gateway that takes its time: card orders overlap between reserve and settle.
+    with deployment(
+        workdir,
+        store=store,
+        postgres_url=postgres_server,
+        redis_url=redis_url,
+        gateway_latency_ms=30,
+    ) as running:
+        yield running
+
+
+class Clients:
+    """The test's HTTP clients, all through the proxy; each answer's host is noted
+    (``X-Upstream``), and every client is closed at the end."""
+
+    def __init__(self, shop: Deployment) -> None:
+        self.shop = shop
+        self.upstreams: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
+        self._open: list[httpx.Client] = []
+        self._lock = threading.Lock()
+
+    def new(self, cookies: httpx.Cookies | None = None) -> httpx.Client:
+        client = httpx.Client(
+            base_url=self.shop.url,
+            cookies=cookies,
+            timeout=30,
+            event_hooks={"response": [self._note]},
+        )
+        with self._lock:
+            self._open.append(client)
+        return client
+
+    def _note(self, response: httpx.Response) -> None:
+        with self._lock:
+            self.upstreams[response.headers.get("x-upstream", "none")] += 1
+            self.statuses[response.status_code] += 1
+
+    def assert_spread(self) -> None:
+        """Both hosts answered, and nothing but them (no nginx error page)."""
+        hosts = {host.netloc for host in self.shop.hosts}
+        assert set(self.upstreams) == hosts, self.upstreams
+        assert 500 not in self.statuses and 502 not in self.statuses, self.statuses
+
+    def close(self) -> None:
+        for client in self._open:
+            client.close()
+
+
+@pytest.fixture
+def clients(shop: Deployment) -> Iterator[Clients]:
+    made = Clients(shop)
+    yield made
+    made.close()
+
+
+class Customer:
+    """A signed-up user, logged in: one web session, its account."""
+
+    def __init__(self, clients: Clients) -> None:
+        self.email = f"deploy{next(_emails)}-{uuid.uuid4().hex[:6]}@example.com"
+        self.clients = clients
+        signup = clients.new().post(
+            "/api/users", json={"name": "Deploy", "email": self.email, "password": PASSWORD}
+        )
+        assert signup.status_code == 201, signup.text
+        self.account_id: int = signup.json()["accounts"][0]["id"]
+        self.client, self.token = self.log_in()
+
+    def log_in(self) -> tuple[httpx.Client, str]:
+        """A new web session of this user, in a client of its own."""
+        client = self.clients.new()
+        response = client.post("/api/session", json={"email": self.email, "password": PASSWORD})
+        assert response.status_code == 200, response.text
+        return client, str(response.json()["csrf_token"])
+
+    def tab(self) -> httpx.Client:
+        """Another client in the same web session (its own connections to the proxy)."""
+        return self.clients.new(cookies=self.client.cookies)
+
+    def post(
+        self, path: str, body: dict[str, Any], client: httpx.Client | None = None
+    ) -> httpx.Response:
+        return (client or self.client).post(
+            path,
+            json=body,
+            headers={"X-CSRF-Token": self.token, "Idempotency-Key": uuid.uuid4().hex},
+        )
+
+    def deposit(self, amount: int) -> None:
+        path = f"/api/accounts/{self.account_id}/deposits"
+        response = self.post(path, {"amount": amount, "card_number": CARD})
+        assert response.status_code == 201, response.text
+
+    def balance(self) -> int:
+        accounts = self.client.get("/api/accounts").json()
+        return int(accounts[0]["balance"])
+
+    def session_order_ids(self) -> list[int]:
+        response = self.client.get("/api/session")
+        assert response.status_code == 200, response.text
+        return list(response.json()["order_ids"])
+
+
+def customers(clients: Clients, count: int) -> list[Customer]:
+    return concurrently(Customer, [clients] * count)
+
+
+def concurrently(job: Callable[[A], T], items: Iterable[A]) -> list[T]:
+    """``job`` of each item, CLIENTS at a time; an exception in any is raised here."""
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        return list(pool.map(job, items))
+
+
+def add_product(clients: Clients, price: int, stock: int) -> int:
+    admin = clients.new()
+    token = admin.post("/api/session", json=ADMIN).json()["csrf_token"]
+    response = admin.post(
+        "/api/products",
+        json={
+            "sku": f"deploy-{uuid.uuid4().hex[:10]}",
+            "name": "Lamp",
+            "price": price,
+            "stock": stock,
+        },
+        headers={"X-CSRF-Token": token},
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def stock_of(clients: Clients, product_id: int) -> int:
+    products = clients.new().get("/api/products").json()
+    return next(int(p["stock"]) for p in products if p["id"] == product_id)
+
+
+# --- the tests ---------------------------------------------------------------------------
+
+
+def test_requests_spread_over_the_hosts_which_believe_the_proxy(
+    shop: Deployment, clients: Clients
+) -> None:
+    ids = [f"spread-{uuid.uuid4().hex[:8]}-{n}" for n in range(24)]
+    concurrently(lambda i: clients.new().get("/api/products", headers={"X-Request-ID": i}), ids)
+    clients.assert_spread()
+    for host in shop.hosts:  # and each host's own log says so
+        assert logged(host, *(f"[{i}]" for i in ids)), host.netloc
+    # A client from another address: the hosts log it (from X-Forwarded-For), not nginx.
+    transport = httpx.HTTPTransport(local_address="127.0.0.9")
+    with httpx.Client(transport=transport) as elsewhere:
+        seen = elsewhere.get(f"{shop.url}/healthz", headers={"X-Request-ID": "from-nine"})
+    served = next(host for host in shop.hosts if host.netloc == seen.headers["x-upstream"])
+    assert logged(served, '[from-nine] 127.0.0.9:0 "GET /healthz')
+
+
+def logged(host: Host, *texts: str) -> bool:
+    """Whether one of ``texts`` is in the host's log, once its access lines are written
+    (after the answers)."""
+    for _ in range(50):
+        log = host.process.log.read_text()
+        if any(text in log for text in texts):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_concurrent_transfers_keep_the_total_and_overdraw_no_one(clients: Clients) -> None:
+    users = customers(clients, 6)
+    concurrently(lambda user: user.deposit(10_000), users)
+    accounts = [user.account_id for user in users]
+    done: list[tuple[int, int, int, int]] = []  # from, to, amount, status
+
+    def transfers(job: tuple[Customer, int]) -> None:
+        user, seed = job
+        chance = random.Random(seed)
+        tab = user.tab()  # two clients draw on each account at once
+        for _ in range(8):
+            to = chance.choice([a for a in accounts if a != user.account_id])
+            amount = chance.randint(1, 4_000)
+            body = {"from_account_id": user.account_id, "to_account_id": to, "amount": amount}
+            status = user.post("/api/transfers", body, tab).status_code
+            done.append((user.account_id, to, amount, status))
+
+    concurrently(transfers, [(user, seed) for seed in (1, 2) for user in users])
+
+    statuses = Counter(status for *_, status in done)
+    assert set(statuses) <= {201, 409}, statuses  # made, or short of funds: nothing else
+    assert statuses[201] > 0 and statuses[409] > 0, statuses  # some did run out
+    expected = dict.fromkeys(accounts, 10_000)
+    for source, target, amount, status in done:
+        if status == 201:
+            expected[source] -= amount
+            expected[target] += amount
+    balances = {user.account_id: user.balance() for user in users}
+    assert sum(balances.values()) == len(users) * 10_000
+    assert min(balances.values()) >= 0
+    assert balances == expected  # every 201 counted once, every 409 changed nothing
+    clients.assert_spread()
+
+
+def test_orders_sell_the_stock_once_and_charge_each_card_order_once(
+    shop: Deployment, clients: Clients
+) -> None:
+    stock, price = 15, 500
+    product_id = add_product(clients, price, stock)
+    buyers = customers(clients, 6)
+    concurrently(lambda buyer: buyer.deposit(5_000), buyers)
+    charges_before = len(shop.charges())
+    placed: list[tuple[Customer, str, int, httpx.Response]] = []
+
+    def buy(job: tuple[Customer, str, int]) -> None:
+        buyer, method, seed = job
+        chance = random.Random(seed)
+        payment = (
+            {"method": "card", "card_number": CARD}
+            if method == "card"
+            else {"method": "account", "account_id": buyer.account_id}
+        )
+        tab = buyer.tab()  # the buyer's web session, from a second client
+        for _ in range(3):
+            quantity = chance.randint(1, 2)
+            items = [{"product_id": product_id, "quantity": quantity}]
+            body = {"items": items, "payment": payment}
+            placed.append((buyer, method, quantity, buyer.post("/api/orders", body, tab)))
+
+    concurrently(buy, [(b, m, n) for n, b in enumerate(buyers) for m in ("card", "account")])
+
+    statuses = Counter(response.status_code for *_, response in placed)
+    assert set(statuses) <= {201, 409}, statuses  # paid, or out of stock
+    paid = [(b, m, q, r) for b, m, q, r in placed if r.status_code == 201]
+    sold = sum(quantity for _, _, quantity, _ in paid)
+    left = stock_of(clients, product_id)
+    assert left >= 0 and sold == stock - left  # no oversell, no stock lost
+    assert statuses[409] > 0, statuses  # demand exceeded the stock
+
+    # Exactly the orders answered 201 are paid, each in its buyer's web session.
+    for buyer in buyers:
+        mine = sorted(r.json()["id"] for b, _, _, r in paid if b is buyer)
+        listed = buyer.client.get("/api/orders").json()
+        assert sorted(order["id"] for order in listed) == mine
+        assert all(order["status"] == "paid" for order in listed)
+        remembered = buyer.session_order_ids()
+        assert sorted(remembered) == mine, (remembered, mine)
+
+    # One charge per card order, of its total; the account orders charged no card.
+    card_orders = [r for _, method, _, r in paid if method == "card"]
+    charges = shop.charges()[charges_before:]
+    assert len(charges) == len(card_orders)
+    assert sorted(int(c["amount"]) for c in charges) == sorted(
+        int(r.json()["total"]) for r in card_orders
+    )
+    # A retry of a paid card order, by its key, on whichever host: the same order, no charge.
+    for buyer, method, _, response in paid:
+        if method == "card":
+            retry = buyer.client.post(
+                "/api/orders",
+                content=response.request.content,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-CSRF-Token": buyer.token,
+                    "Idempotency-Key": response.request.headers["Idempotency-Key"],
+                },
+            )
+            assert (retry.status_code, retry.json()) == (201, response.json())
+    assert len(shop.charges()) == charges_before + len(card_orders)
+    clients.assert_spread()
+
+
+def test_concurrent_orders_in_one_web_session_are_all_remembered(clients: Clients) -> None:
+    product_id = add_product(clients, price=1, stock=1_000)
+    buyer = Customer(clients)
+    buyer.deposit(1_000)
+    tabs = [buyer.tab() for _ in range(CLIENTS)]
+    order = {
+        "items": [{"product_id": product_id, "quantity": 1}],
+        "payment": {"method": "account", "account_id": buyer.account_id},
+    }
+
+    def place(tab: httpx.Client) -> list[httpx.Response]:
+        return [buyer.post("/api/orders", order, tab) for _ in range(4)]
+
+    answers = [response for batch in concurrently(place, tabs) for response in batch]
+    assert Counter(r.status_code for r in answers) == {201: 4 * CLIENTS}
+    remembered = buyer.session_order_ids()
+    assert len(remembered) == len(set(remembered))
+    assert sorted(remembered) == sorted(r.json()["id"] for r in answers)
+    clients.assert_spread()
+
+
+def test_logging_out_reaches_every_worker_of_every_host(shop: Deployment, clients: Clients) -> None:
+    user = Customer(clients)
+    other, _ = user.log_in()  # a second web session of the same user
+    kept = httpx.Cookies(user.client.cookies)  # what a stolen copy of the first would be
+
+    def answers(cookies: httpx.Cookies) -> Counter[int]:
+        """Many requests through the proxy, a few at a time, so that nginx opens several
+        connections to each host; and straight to every worker of every host."""
+        tabs = [clients.new(cookies=cookies) for _ in range(8)]
+        through = concurrently(lambda tab: tab.get("/api/session"), tabs * 3)
+        statuses = Counter(r.status_code for r in through)
+        for host in shop.hosts:
+            statuses += straight_to_every_worker(host, cookies)
+        return statuses
+
+    every = 24 + sum(len(host.worker_pids()) for host in shop.hosts)  # answers per round
+    # Every process has both sessions in its cache (SHOP_SESSION_CACHE), then ...
+    assert answers(other.cookies) == {200: every}
+    assert answers(kept) == {200: every}
+    # ... the first ends the other one, everywhere at once.
+    csrf = {"X-CSRF-Token": user.token}
+    assert user.client.delete("/api/sessions/others", headers=csrf).status_code == 204
+    assert answers(other.cookies) == {401: every}
+    assert answers(kept) == {200: every}
+    # And logging out ends the first: its old cookie is a 401 everywhere.
+    assert user.client.delete("/api/session", headers=csrf).status_code == 204
+    assert answers(kept) == {401: every}
+    clients.assert_spread()
+
+
+def straight_to_every_worker(host: Host, cookies: httpx.Cookies) -> Counter[int]:
+    """GET /api/session with ``cookies``, on new connections to ``host`` until each of its
+    workers has answered one; the status of each worker's (first) answer."""
+    workers = host.worker_pids()
+    assert len(workers) == 2, workers
+    # The cookie as sent: the jar holds it for the proxy's address, not the host's.
+    cookie = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    first: dict[int, int] = {}
+    for _ in range(60):
+        with httpx.Client(base_url=host.url, headers={"Cookie": cookie}, timeout=30) as client:
+            response = client.get("/api/session")
+            pid = host.worker_serving(response)
+        assert pid is not None
+        first.setdefault(pid, response.status_code)
+        if set(first) == workers:
+            return Counter(first.values())
+    raise AssertionError(f"workers {workers - set(first)} of {host.netloc} answered nothing")
