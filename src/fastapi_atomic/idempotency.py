@@ -164,7 +164,7 @@ class IdempotencyKeys:
         now = self.clock()
         where = (t.c.owner == claimed.owner) & (t.c.key == claimed.key)
         query = select(t).where(where)
-        if db.get_bind().dialect.name == "postgresql":
+        if db.get_bind().dialect.name != "sqlite":  # PostgreSQL, CockroachDB: lock the row
             query = query.with_for_update()
         row = (await db.execute(query)).mappings().first()
         if row is not None and row["expires_at"] <= now:

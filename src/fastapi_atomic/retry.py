@@ -3,7 +3,11 @@ which say that the database is not there at all.
 
 PostgreSQL's advice for serialization failures and deadlocks is to retry the complete
 transaction, including the logic that chose its statements; SQLite's "database is locked"
-is the same situation for a single-writer database once its busy timeout ran out. A database
+is the same situation for a single-writer database once its busy timeout ran out. CockroachDB
+runs every transaction serializable and asks for the same retry: SQLSTATE 40001, with a
+message that begins "restart transaction" (kept for a driver that gives no SQLSTATE). Its
+40003, "statement completion unknown", is not retried: like a connection lost during COMMIT,
+the transaction may have committed. A database
 that refuses connections, is starting up or shutting down, answers nothing worth re-running
 the request for at once: the client is told to come back (503).
 """
@@ -27,6 +31,8 @@ CONCURRENT_CHANGE = "concurrent_change"
 
 _SQLSTATES = {"40001": SERIALIZATION_FAILURE, "40P01": DEADLOCK}
 _SQLITE_LOCKED = ("database is locked", "database table is locked")
+#: how CockroachDB's retry errors begin (its documentation's "transaction retry error reference")
+_COCKROACH_RESTART = "restart transaction"
 
 
 def retry_reason(exc: BaseException) -> str | None:
@@ -51,6 +57,8 @@ def _reason_of(exc: BaseException) -> str | None:
     code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
     if isinstance(code, str) and code in _SQLSTATES:
         return _SQLSTATES[code]
+    if code is None and str(orig).startswith(_COCKROACH_RESTART):
+        return SERIALIZATION_FAILURE
     if type(orig).__name__ == "OperationalError" and any(
         text in str(orig) for text in _SQLITE_LOCKED
     ):

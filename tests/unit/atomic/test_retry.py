@@ -13,9 +13,16 @@ from fastapi_atomic import Backoff, ConcurrentChange, retry_reason
 
 
 class FakePgError(Exception):
-    def __init__(self, sqlstate: str) -> None:
-        super().__init__(sqlstate)
+    def __init__(self, sqlstate: str, message: str = "") -> None:
+        super().__init__(message or sqlstate)
         self.sqlstate = sqlstate
+
+
+#: as CockroachDB words its retry errors (its "transaction retry error reference")
+COCKROACH_RETRY = (
+    "restart transaction: TransactionRetryWithProtoRefreshError: "
+    "TransactionRetryError: retry txn (RETRY_SERIALIZABLE - failed preemptive refresh)"
+)
 
 
 @pytest.mark.parametrize(
@@ -28,6 +35,11 @@ class FakePgError(Exception):
             "database_locked",
         ),
         (ConcurrentChange("a price changed"), "concurrent_change"),
+        # CockroachDB: its 40001, and the same error from a driver that gives no SQLSTATE
+        (OperationalError("x", {}, FakePgError("40001", COCKROACH_RETRY)), "serialization_failure"),
+        (OperationalError("x", {}, Exception(COCKROACH_RETRY)), "serialization_failure"),
+        # CockroachDB's "statement completion unknown": it may have committed, never re-run
+        (OperationalError("x", {}, FakePgError("40003", "result is ambiguous")), None),
         (IntegrityError("x", {}, FakePgError("23505")), None),
         (OperationalError("x", {}, sqlite3.OperationalError("no such table: t")), None),
         (RuntimeError("boom"), None),
