@@ -35,7 +35,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
-from .pool import FairAsyncAdaptedQueuePool
+from .pool import FairAsyncAdaptedQueuePool, TurnTakingPool
 from .sqlite import Checkpointer, inline_creator, install_inline
 
 #: execution option read by the SQLite ``begin`` listener: "IMMEDIATE" or "DEFERRED"
@@ -99,7 +99,11 @@ def create_engine(
             checkpointer = Checkpointer(database, connect_args)
             install_inline(engine.sync_engine, checkpointer)
         if not in_memory and issubclass(kwargs.get("poolclass", type(None)), QueuePool):
-            writer = create_async_engine(url, **(kwargs | {"pool_size": 1, "max_overflow": 0}))
+            writer_options = kwargs | {"pool_size": 1, "max_overflow": 0}
+            if inline and kwargs["poolclass"] is FairAsyncAdaptedQueuePool:
+                # its transactions run without yielding: one per turn of the loop
+                writer_options["poolclass"] = TurnTakingPool
+            writer = create_async_engine(url, **writer_options)
             configure_sqlite(writer, busy_timeout_ms=busy_timeout_ms)
             if inline:
                 install_inline(writer.sync_engine, checkpointer)

@@ -55,6 +55,10 @@ class FairQueue(AsyncAdaptedQueue[T]):
         except Empty:
             if not block:
                 raise
+        return self._wait_in_line(timeout)
+
+    def _wait_in_line(self, timeout: float | None) -> T:
+        """Wait behind everyone already waiting, until an item is handed over."""
         waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         return await_(self._wait(waiter, timeout))
@@ -83,6 +87,48 @@ class FairQueue(AsyncAdaptedQueue[T]):
             self._report_waiting()
 
 
+class TurnTakingQueue(FairQueue[T]):
+    """First come, first served, and at most one item taken per turn of the event loop.
+
+    For a pool of one connection whose every use runs without yielding to the loop (a SQLite
+    writer whose statements run on the loop): handed from one request to the next within a
+    turn, it would let a single turn run every waiting request's transaction back to back,
+    and the loop would look at its sockets only between such turns. A server under load then
+    takes many seconds to read a new connection's first request. Here a request that asks
+    after the connection was taken in this turn waits for the next one, as if the connection
+    were busy, so each turn runs at most one transaction and the loop polls in between.
+    """
+
+    def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
+        super().__init__(maxsize, use_lifo)
+        self._taken_this_turn = False
+
+    def get(self, block: bool = True, timeout: float | None = None) -> T:
+        if self._taken_this_turn:
+            if not block:
+                raise Empty()
+            item = self._wait_in_line(timeout)
+        else:
+            item = super().get(block, timeout)
+        self._taken()
+        return item
+
+    def _taken(self) -> None:
+        if not self._taken_this_turn:
+            self._taken_this_turn = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """The turn after one that took an item: hand what waits in the queue to a waiter."""
+        self._taken_this_turn = False
+        if self._waiters:
+            try:
+                item = self.get_nowait()
+            except Empty:
+                return
+            self.put_nowait(item)  # to the first waiter still waiting, or back in the queue
+
+
 class FairAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
     """SQLAlchemy's asyncio pool, with its waiters served in arrival order."""
 
@@ -94,3 +140,10 @@ class FairAsyncAdaptedQueuePool(AsyncAdaptedQueuePool):
         queue = self._pool
         assert isinstance(queue, FairQueue)
         return queue
+
+
+class TurnTakingPool(FairAsyncAdaptedQueuePool):
+    """The fair pool, with at most one checkout per turn of the event loop (see
+    :class:`TurnTakingQueue`): for a SQLite file's writer engine."""
+
+    _queue_class: Any = TurnTakingQueue

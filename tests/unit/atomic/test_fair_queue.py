@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.queue import AsyncAdaptedQueue, Empty
 
-from fastapi_atomic.pool import FairQueue
+from fastapi_atomic.pool import FairQueue, TurnTakingQueue
 
 
 async def take(queue: AsyncAdaptedQueue[str], pool_timeout: float | None = 5.0) -> str:
@@ -110,3 +110,55 @@ async def test_the_waiting_count_is_reported_as_takers_start_and_stop_waiting() 
     assert await asyncio.gather(*takers) == ["a", "b"]
     assert queue.waiting == 0
     assert seen[:2] == [1, 2] and seen[-1] == 0
+
+
+class Turns:
+    """Counts the turns of the event loop: a callback that schedules itself once per turn."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_soon(self._tick)
+
+    def _tick(self) -> None:
+        self.count += 1
+        self._handle = self._loop.call_soon(self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
+async def test_turn_taking_hands_out_its_item_once_per_turn_of_the_loop() -> None:
+    """Three requests each take the connection and give it back without yielding (a SQLite
+    writer's transaction on the loop): each gets it in a turn of its own, in the order they
+    asked, and nothing waits for a turn that never comes."""
+    queue: TurnTakingQueue[str] = TurnTakingQueue(1)
+    queue.put_nowait("writer")
+    turns = Turns()
+    served: list[tuple[str, int]] = []
+
+    async def use(name: str) -> None:
+        item = await take(queue)
+        served.append((name, turns.count))
+        queue.put_nowait(item)  # the whole transaction, in this same turn
+
+    try:
+        await asyncio.gather(*(use(name) for name in "ABC"))
+    finally:
+        turns.stop()
+    assert [name for name, _ in served] == ["A", "B", "C"]
+    served_turns = [turn for _, turn in served]
+    assert len(set(served_turns)) == 3, served
+    assert queue.get_nowait() == "writer"
+
+
+async def test_turn_taking_refuses_a_second_non_blocking_take_in_the_same_turn() -> None:
+    queue: TurnTakingQueue[str] = TurnTakingQueue(1)
+    queue.put_nowait("writer")
+    item = queue.get(block=False)
+    queue.put_nowait(item)
+    with pytest.raises(Empty):
+        queue.get(block=False)
+    await asyncio.sleep(0)  # the next turn
+    await asyncio.sleep(0)
+    assert queue.get(block=False) == "writer"
