@@ -121,12 +121,11 @@ BENCH_GATEWAY_LATENCY_MS (50).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -134,12 +133,30 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from fastapi import FastAPI, Request, Response
 
+from .bare_common import (
+    COMPARE_AND_SET_ATTEMPTS,
+    Lines,
+    Record,
+    Refused,
+    SessionCache,
+    answer,
+    body,
+    iso,
+    logged_in,
+    next_record,
+    order_answer,
+    order_lines,
+    order_total,
+    refusals,
+    session_key,
+    touch_due,
+    transfer_answer,
+    transfer_request,
+)
+
 DSN = os.environ.get("BENCH_DATABASE_URL", "").replace("postgresql+asyncpg", "postgresql")
 GATEWAY_LATENCY = float(os.environ.get("BENCH_GATEWAY_LATENCY_MS", "50")) / 1000
 POOL_SIZE = 20
-#: the shop's session timeouts and touch interval (seconds), and its cache's max_age
-IDLE_TIMEOUT, ABSOLUTE_TIMEOUT, TOUCH_INTERVAL, CACHE_MAX_AGE = 1800.0, 43200.0, 60.0, 60.0
-COMPARE_AND_SET_ATTEMPTS = 20
 
 # --- the statements, as the shop sends them --------------------------------------------------
 
@@ -250,88 +267,38 @@ async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=lifespan)
 
 
-class _Refused(Exception):
-    """An error answer; raised inside a transaction, it rolls it back."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.detail = status, detail
-
-
-def _json(payload: Any, status: int = 201) -> Response:
-    return Response(json.dumps(payload), status, media_type="application/json")
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 # --- the web session: a process-local cache, autocommit reads, compare-and-set at commit -----
 
-#: store key -> (record, when cached): records this process read or wrote, never changed
-_cache: dict[str, tuple[dict[str, Any], float]] = {}
+sessions = SessionCache()
 
 
-def _session_key(request: Request) -> str:
-    """The store key of the request's session (its signature is not checked here)."""
-    cookie = request.cookies.get("shop_session", "")
-    return hashlib.sha256(cookie.partition(".")[0].encode()).hexdigest()
+async def _load(key: str) -> Record:
+    record = sessions.get(key)
+    if record is not None:
+        return logged_in(record)
+    async with pool.acquire() as connection:  # autocommit: no BEGIN, no COMMIT
+        text = await connection.fetchval(SESSION, key)
+    return sessions.fill(key, text)
 
 
-def _keep(key: str, record: dict[str, Any]) -> None:
-    """Cache ``record`` unless a newer version of it is cached already."""
-    entry = _cache.get(key)
-    if entry is None or record["version"] >= entry[0]["version"]:
-        _cache[key] = (record, time.monotonic())
-
-
-async def _load(key: str) -> dict[str, Any]:
-    entry = _cache.get(key)
-    if entry is not None and time.monotonic() - entry[1] <= CACHE_MAX_AGE:
-        record = entry[0]
-    else:
-        async with pool.acquire() as connection:  # autocommit: no BEGIN, no COMMIT
-            text = await connection.fetchval(SESSION, key)
-        if text is None:
-            raise _Refused(401, "Not logged in.")
-        record = json.loads(text)
-        _keep(key, record)
-    if record.get("user_id") is None:
-        raise _Refused(401, "Not logged in.")
-    return record
-
-
-def _expires_at(record: dict[str, Any]) -> float:
-    started = record["authenticated_at"] or record["created_at"]
-    return float(min(record["last_seen_at"] + IDLE_TIMEOUT, started + ABSOLUTE_TIMEOUT))
-
-
-async def _save(
-    connection: Any, key: str, record: dict[str, Any], order_id: int | None
-) -> dict[str, Any] | None:
+async def _save(connection: Any, key: str, record: Record, order_id: int | None) -> Record | None:
     """The session's compare-and-set before COMMIT (the order id appended, if any); on a lost
     race, read again in the transaction and repeat. None if the session is gone."""
     now = time.time()
-    current: dict[str, Any] | None = record
+    current: Record | None = record
     for _ in range(COMPARE_AND_SET_ATTEMPTS):
         if current is None:
             text = await connection.fetchval(SESSION, key)
             if text is None:
                 return None
             current = json.loads(text)
-        data = dict(current["data"])
-        if order_id is not None:
-            ids = data.get("order_ids")
-            data["order_ids"] = [*ids, order_id] if isinstance(ids, list) else [order_id]
-        updated = {**current, "data": data, "version": current["version"] + 1}
-        updated["last_seen_at"] = max(current["last_seen_at"], now)
-        text = json.dumps(updated, separators=(",", ":"))
+        updated, text, expires_at = next_record(current, order_id, now)
         saved = await connection.execute(
-            SAVE_SESSION, updated["version"], text, _expires_at(updated), key, current["version"]
+            SAVE_SESSION, updated["version"], text, expires_at, key, current["version"]
         )
         if saved == "UPDATE 1":
             return updated
@@ -339,28 +306,14 @@ async def _save(
     raise RuntimeError("web session kept changing")
 
 
-def _refusals(handler: Any) -> Any:
-    async def answer(request: Request) -> Response:
-        try:
-            response: Response = await handler(request)
-        except _Refused as refused:
-            return _json({"detail": refused.detail}, refused.status)
-        return response
-
-    answer.__name__ = handler.__name__
-    return answer
-
-
 # --- transfer ------------------------------------------------------------------------------
 
 
 @app.post("/api/transfers", status_code=201)
-@_refusals
+@refusals
 async def transfer(request: Request) -> Response:
-    key = _session_key(request)
-    body = json.loads(await request.body())
-    source, target = int(body["from_account_id"]), int(body["to_account_id"])
-    amount = int(body["amount"])
+    key = session_key(request)
+    source, target, amount = transfer_request(await body(request))
     record = await _load(key)
     user_id = int(record["user_id"])
     saved = None
@@ -371,41 +324,35 @@ async def transfer(request: Request) -> Response:
         }
         owner, balance = locked.get(source, (None, 0))
         if owner != user_id or target not in locked:
-            raise _Refused(404, "No such account.")
+            raise Refused(404, "No such account.")
         if balance < amount:
-            raise _Refused(409, "Insufficient funds.")
+            raise Refused(409, "Insufficient funds.")
         await connection.execute(CHANGE_BALANCE, -amount, source)
         await connection.execute(CHANGE_BALANCE, amount, target)
         transfer_id = await connection.fetchval(TRANSFER, source, target, amount, _now())
-        if time.time() - record["last_seen_at"] >= TOUCH_INTERVAL:
+        if touch_due(record):
             saved = await _save(connection, key, record, None)
     if saved is not None:
-        _keep(key, saved)
-    payload = {
-        "id": transfer_id,
-        "from_account_id": source,
-        "to_account_id": target,
-        "amount": amount,
-    }
-    return _json(payload)
+        sessions.keep(key, saved)
+    return answer(transfer_answer(transfer_id, source, target, amount))
 
 
 # --- checkout ------------------------------------------------------------------------------
 
 
-async def _priced(connection: Any, lines: Sequence[tuple[int, int]]) -> dict[int, int]:
+async def _priced(connection: Any, lines: Lines) -> dict[int, int]:
     """Product id -> price, read without a lock."""
     ids = [product_id for product_id, _ in lines]
     prices = dict(await connection.fetch(prices_sql(len(ids)), *ids))
     if len(prices) != len(ids):
-        raise _Refused(404, "No such product.")
+        raise Refused(404, "No such product.")
     return prices
 
 
 async def _place(
     connection: Any,
     user_id: int,
-    lines: Sequence[tuple[int, int]],
+    lines: Lines,
     prices: dict[int, int],
     *,
     status: str,
@@ -413,7 +360,7 @@ async def _place(
     account_id: int | None,
     payment_key: str | None,
 ) -> tuple[int, datetime]:
-    total = sum(prices[product_id] * quantity for product_id, quantity in lines)
+    total = order_total(lines, prices)
     created = _now()
     order_id = await connection.fetchval(
         ORDER, user_id, status, total, method, account_id, payment_key, created, created
@@ -423,9 +370,7 @@ async def _place(
     return order_id, created
 
 
-async def _take_stock(
-    connection: Any, lines: Sequence[tuple[int, int]], prices: dict[int, int]
-) -> None:
+async def _take_stock(connection: Any, lines: Lines, prices: dict[int, int]) -> None:
     """Lock the products in id order, then take each quantity."""
     ids = [product_id for product_id, _ in lines]
     locked = {
@@ -435,59 +380,29 @@ async def _take_stock(
     for product_id, quantity in lines:
         stock, price = locked[product_id]
         if stock < quantity or price != prices[product_id]:
-            raise _Refused(409, "No stock, or the price changed.")
+            raise Refused(409, "No stock, or the price changed.")
         await connection.execute(CHANGE_STOCK, -quantity, product_id)
 
 
-def _lines(body: dict[str, Any]) -> list[tuple[int, int]]:
-    """One line per product, in product id order (the lock order)."""
-    merged: dict[int, int] = {}
-    for item in body["items"]:
-        product_id = int(item["product_id"])
-        merged[product_id] = merged.get(product_id, 0) + int(item["quantity"])
-    return sorted(merged.items())
-
-
-def _order(
-    order_id: int,
-    status: str,
-    lines: Sequence[tuple[int, int]],
-    prices: dict[int, int],
-    created: datetime,
-) -> dict[str, Any]:
-    items = [
-        {"product_id": product_id, "quantity": quantity, "unit_price": prices[product_id]}
-        for product_id, quantity in lines
-    ]
-    total = sum(item["quantity"] * item["unit_price"] for item in items)
-    return {
-        "id": order_id,
-        "status": status,
-        "total": total,
-        "items": items,
-        "created_at": _iso(created),
-    }
-
-
 @app.post("/api/orders", status_code=201)
-@_refusals
+@refusals
 async def checkout(request: Request) -> Response:
-    key = _session_key(request)
-    body = json.loads(await request.body())
-    lines = _lines(body)
+    key = session_key(request)
+    payload = await body(request)
+    lines = order_lines(payload)
     record = await _load(key)
     user_id = int(record["user_id"])
-    if body["payment"]["method"] == "card":
+    if payload["payment"]["method"] == "card":
         return await _by_card(key, record, user_id, lines)
-    account_id = int(body["payment"]["account_id"])
+    account_id = int(payload["payment"]["account_id"])
     async with pool.acquire() as connection, connection.transaction():
         prices = await _priced(connection, lines)
-        total = sum(prices[product_id] * quantity for product_id, quantity in lines)
+        total = order_total(lines, prices)
         balance = await connection.fetchval(ACCOUNT_LOCKED, account_id, user_id)
         if balance is None:
-            raise _Refused(404, "No such account.")
+            raise Refused(404, "No such account.")
         if balance < total:
-            raise _Refused(402, "Insufficient funds.")
+            raise Refused(402, "Insufficient funds.")
         await connection.execute(CHANGE_BALANCE, -total, account_id)
         order_id, created = await _place(
             connection,
@@ -502,13 +417,11 @@ async def checkout(request: Request) -> Response:
         await _take_stock(connection, lines, prices)
         saved = await _save(connection, key, record, order_id)
     if saved is not None:
-        _keep(key, saved)
-    return _json(_order(order_id, "paid", lines, prices, created))
+        sessions.keep(key, saved)
+    return answer(order_answer(order_id, "paid", lines, prices, created))
 
 
-async def _by_card(
-    key: str, record: dict[str, Any], user_id: int, lines: Sequence[tuple[int, int]]
-) -> Response:
+async def _by_card(key: str, record: Record, user_id: int, lines: Lines) -> Response:
     payment_key = f"order_{uuid.uuid4().hex}"
     # The reserve phase, committed before the gateway is called.
     async with pool.acquire() as connection, connection.transaction():
@@ -524,7 +437,7 @@ async def _by_card(
             account_id=None,
             payment_key=payment_key,
         )
-        total = sum(prices[product_id] * quantity for product_id, quantity in lines)
+        total = order_total(lines, prices)
         lease = created + timedelta(seconds=2 * GATEWAY_LATENCY + 1)  # the fake gateway's
         await connection.fetchval(
             PAYMENT,
@@ -552,7 +465,7 @@ async def _by_card(
         items = await connection.fetch(items_read_sql(1), order_id)
         saved = await _save(connection, key, record, order_id)
     if saved is not None:
-        _keep(key, saved)
+        sessions.keep(key, saved)
     payload = {
         "id": order["id"],
         "status": order["status"],
@@ -565,6 +478,6 @@ async def _by_card(
             }
             for i in items
         ],
-        "created_at": _iso(order["created_at"]),
+        "created_at": iso(order["created_at"]),
     }
-    return _json(payload)
+    return answer(payload)

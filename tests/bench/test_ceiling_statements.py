@@ -1,16 +1,19 @@
-"""The ceiling (bench/baselines/bare.py) sends what the shop sends, write by write.
+"""The ceilings (bench/baselines/bare.py, bare_sqlite.py) send what the shop sends, write by write.
 
-Each write runs once to warm up and once recorded, in the shop (its engine's events) and in the
-ceiling (asyncpg's query loggers), on one throw-away PostgreSQL database. The two sequences of
-round trips must be the same: every statement's verb and table, its row lock, the transactions
-around them and the reads made outside any. A change to the shop's statements that this
-catches is a change the ceiling must follow (its docstring lists them).
+Each write runs once to warm up and once recorded, in the shop (its engines' events) and in the
+ceiling (asyncpg's query loggers; on SQLite, its connections' ``execute``), on one throw-away
+PostgreSQL database, or SQLite file. The two sequences of round trips must be the same: every
+statement's verb and table, its row lock, the transactions around them (``BEGIN IMMEDIATE`` on
+SQLite) and the reads made outside any. A change to the shop's statements that this catches is
+a change the ceiling must follow (its docstring lists them).
 """
 
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -31,7 +34,7 @@ def signature(statement: str) -> str:
     words = statement.replace(";", " ").split()
     verb = words[0].upper()
     if verb in {"BEGIN", "COMMIT", "ROLLBACK"}:
-        return verb
+        return " ".join(words).upper()  # BEGIN IMMEDIATE on SQLite
     table = _TABLE.search(statement)
     lock = " FOR NO KEY UPDATE" if "FOR NO KEY UPDATE" in statement.upper() else ""
     return f"{verb} {table.group(1) if table else '?'}{lock}"
@@ -49,7 +52,7 @@ class Recorder:
         if not self.on:
             return
         kind = signature(statement)
-        if kind == "BEGIN":
+        if kind.startswith("BEGIN"):
             self._in_transaction = True
         elif kind in {"COMMIT", "ROLLBACK"}:
             self._in_transaction = False
@@ -73,6 +76,14 @@ def bare(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     import bench.baselines.bare
 
     return bench.baselines.bare
+
+
+@pytest.fixture
+def bare_sqlite(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT))
+    import bench.baselines.bare_sqlite
+
+    return bench.baselines.bare_sqlite
 
 
 async def _customers(client: httpx.AsyncClient) -> tuple[int, list[tuple[str, str, int]]]:
@@ -133,13 +144,14 @@ def _writes(
     return {name: sender(path, body) for name, (path, body) in requests.items()}
 
 
-@pytest.fixture
-async def shop_app(postgres_url: str) -> AsyncIterator[Any]:
+@asynccontextmanager
+async def _shop(database_url: str) -> AsyncIterator[Any]:
+    """The shop's app on ``database_url``, started, as the benchmark's shop rows run it."""
     from shop.app import create_app
     from shop.settings import Settings
 
     settings = Settings(
-        database_url=postgres_url,
+        database_url=database_url,
         session_store="sql",
         secret_keys=["bench-secret-key-" + "b" * 40],
         cookie_secure=False,
@@ -148,6 +160,12 @@ async def shop_app(postgres_url: str) -> AsyncIterator[Any]:
     )
     app = create_app(settings)
     async with LifespanManager(app):
+        yield app
+
+
+@pytest.fixture
+async def shop_app(postgres_url: str) -> AsyncIterator[Any]:
+    async with _shop(postgres_url) as app:
         yield app
 
 
@@ -191,7 +209,7 @@ async def test_the_ceiling_sends_what_the_shop_sends(
     monkeypatch.setattr(bare.asyncpg, "create_pool", create_pool)
     monkeypatch.setattr(bare, "DSN", postgres_url.replace("postgresql+asyncpg", "postgresql"))
     monkeypatch.setattr(bare, "GATEWAY_LATENCY", 0.0)
-    monkeypatch.setattr(bare, "_cache", {})
+    monkeypatch.setattr(bare, "sessions", bare.SessionCache())
     async with LifespanManager(bare.app):
         ceiling = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=bare.app), base_url="http://bare"
@@ -205,3 +223,58 @@ async def test_the_ceiling_sends_what_the_shop_sends(
     assert expected["transfer"][:2] == ["BEGIN", "SELECT accounts FOR NO KEY UPDATE"]
     assert expected["account checkout"][-2:] == ["UPDATE web_sessions", "COMMIT"]
     assert expected["card checkout"].count("BEGIN") == 2
+
+
+async def test_the_sqlite_ceiling_sends_what_the_shop_sends(
+    sqlite_url: str, bare_sqlite: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a throw-away SQLite file: the transfer and account checkout (the SQLite ceiling has no
+    card checkout), the shop's statements recorded on both its engines (reads and the one
+    writer), where BEGIN IMMEDIATE is a statement of the engine's ``begin`` listener."""
+    from fastapi_atomic.engine import writer_engine
+
+    shop_sent, bare_sent = Recorder(), Recorder()
+    kinds = ("transfer", "account checkout")
+
+    def autocommit(connection: Any) -> bool:
+        return bool(connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+    def _commit(connection: Any) -> None:
+        if not autocommit(connection):
+            shop_sent.note("COMMIT")
+
+    def _statement(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        shop_sent.note(statement)
+
+    async with _shop(sqlite_url) as shop_app:
+        for engine in {shop_app.state.engine, writer_engine(shop_app.state.engine)}:
+            event.listen(engine.sync_engine, "commit", _commit)
+            event.listen(engine.sync_engine, "before_cursor_execute", _statement)
+        transport = httpx.ASGITransport(app=shop_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop") as shop:
+            product, customers = await _customers(shop)
+            shop_writes = _writes(shop, product, customers)
+            expected = {name: await shop_sent.record(shop_writes[name]) for name in kinds}
+
+    class Traced(sqlite3.Connection):
+        """Notes each statement: the ceiling sends every one through ``execute``."""
+
+        def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+            bare_sent.note(sql)
+            return super().execute(sql, parameters)
+
+    real_connect = bare_sqlite._connect
+    monkeypatch.setattr(bare_sqlite, "_connect", lambda path: real_connect(path, Traced))
+    monkeypatch.setattr(bare_sqlite, "DATABASE", sqlite_url.partition(":///")[2])
+    monkeypatch.setattr(bare_sqlite, "sessions", bare_sqlite.SessionCache())
+    async with LifespanManager(bare_sqlite.app):
+        transport = httpx.ASGITransport(app=bare_sqlite.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bare") as ceiling:
+            ceiling_writes = _writes(ceiling, product, customers)
+            sent = {name: await bare_sent.record(ceiling_writes[name]) for name in kinds}
+
+    assert sent == expected
+    # What the docstring says, for a reader of a failure: the write lock taken first, no row
+    # lock, and the session written.
+    assert expected["transfer"][:2] == ["BEGIN IMMEDIATE", "SELECT accounts"]
+    assert expected["account checkout"][-2:] == ["UPDATE web_sessions", "COMMIT"]
