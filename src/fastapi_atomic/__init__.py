@@ -15,8 +15,15 @@ from .exceptions import (
     UnitOfWorkMissing,
 )
 from .idempotency import IdempotencyKey, IdempotencyKeys, claim_idempotency_key, idempotency_table
-from .metrics import AtomicMetrics
-from .middleware import AtomicMiddleware, BodyStream, get_body_stream
+from .metrics import AtomicMetrics, PoolMetrics
+from .middleware import (
+    AtomicMiddleware,
+    BodyStream,
+    TransactionOutcome,
+    current_unit_of_work,
+    get_body_stream,
+    transaction_outcome,
+)
 from .retry import Backoff, retry_reason
 from .unit_of_work import IsolationLevel, UnitOfWork, atomic
 
@@ -32,18 +39,22 @@ __all__ = [
     "IdempotencyKey",
     "IdempotencyKeys",
     "IsolationLevel",
+    "PoolMetrics",
     "ServiceUnavailable",
     "TooLate",
+    "TransactionOutcome",
     "UnitOfWork",
     "UnitOfWorkDep",
     "UnitOfWorkMissing",
     "atomic",
     "claim_idempotency_key",
     "create_engine",
+    "current_unit_of_work",
     "get_body_stream",
     "get_db",
     "get_unit_of_work",
     "idempotency_table",
     "isolation_level",
     "retry_reason",
+    "transaction_outcome",
 ]

@@ -1,11 +1,21 @@
-"""Prometheus counters for what the unit of work decided: commits, rollbacks, retries."""
+"""Prometheus metrics: what the unit of work decided (commits, rollbacks, retries), and how busy
+each engine's connection pool is.
+
+Every metric works in prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``), where
+each worker process writes its values to files that one scrape sums: counters add up, and the
+pool's gauges are ``livesum`` (the sum over the processes alive).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .pool import FairAsyncAdaptedQueuePool
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,9 @@ class AtomicMetrics:
     def rollback(self, reason: str) -> Any:
         return self._child(self.rollbacks, reason)
 
+    def retry(self, reason: str) -> Any:
+        return self._child(self.retries, reason)
+
     def _child(self, counter: Counter, value: str) -> Any:
         child = self._children.get((id(counter), value))
         if child is None:
@@ -61,3 +74,77 @@ class AtomicMetrics:
         if cls._default is None:
             cls._default = cls.create(REGISTRY)
         return cls._default
+
+
+@dataclass(frozen=True)
+class PoolMetrics:
+    """Gauges of a connection pool: connections checked out, and requests waiting for one.
+
+    A pool that is always fully in use with requests waiting is too small for the load (or
+    the database too slow for it); waiting requests time out into 503s after ``pool_timeout``.
+    """
+
+    in_use: Gauge
+    waiting: Gauge
+
+    _default: ClassVar[PoolMetrics | None] = None
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> PoolMetrics:
+        return cls(
+            in_use=Gauge(
+                "atomic_pool_connections_in_use",
+                "Connections checked out of the pool.",
+                ["pool"],
+                registry=registry,
+                multiprocess_mode="livesum",
+            ),
+            waiting=Gauge(
+                "atomic_pool_requests_waiting",
+                "Requests waiting for a connection of the pool.",
+                ["pool"],
+                registry=registry,
+                multiprocess_mode="livesum",
+            ),
+        )
+
+    @classmethod
+    def default(cls) -> PoolMetrics:
+        """One set of gauges in the process-wide registry, shared by every engine."""
+        if cls._default is None:
+            cls._default = cls.create(REGISTRY)
+        return cls._default
+
+    def watch(self, engine: AsyncEngine, pool: str = "default") -> None:
+        """Count ``engine``'s connections in use (its pool's checkout and checkin events) and,
+        for the fair pool of :func:`~fastapi_atomic.create_engine`, the requests waiting for
+        one, under the label ``pool``. Engines watched under one label add up."""
+        in_use, waiting = self.in_use.labels(pool), self.waiting.labels(pool)
+        sync_engine = engine.sync_engine
+
+        @event.listens_for(sync_engine, "checkout")
+        def _checked_out(*_args: Any) -> None:
+            in_use.inc()
+
+        @event.listens_for(sync_engine, "checkin")
+        def _checked_in(*_args: Any) -> None:
+            in_use.dec()
+
+        last = 0
+
+        def report(count: int) -> None:
+            # Several engines may share the label: move the gauge by this pool's change.
+            nonlocal last
+            waiting.inc(count - last)
+            last = count
+
+        def attach() -> None:
+            if isinstance(sync_engine.pool, FairAsyncAdaptedQueuePool):
+                sync_engine.pool.waiting_queue.on_waiting = report
+
+        @event.listens_for(sync_engine, "engine_disposed")
+        def _new_pool(*_args: Any) -> None:
+            report(0)  # the old pool's waiters got their errors: none of them waits any more
+            attach()  # dispose() made a pool of its own; its queue reports too
+
+        attach()

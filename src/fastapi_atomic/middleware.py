@@ -30,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Annotated
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 from fastapi import Depends, Request
 from fastapi.responses import Response
@@ -43,7 +45,7 @@ from .dependencies import UNIT_OF_WORK
 from .exceptions import ReplayResponse, ServiceUnavailable
 from .metrics import AtomicMetrics
 from .retry import CONNECTION_LOST, Backoff, database_unavailable, retry_reason
-from .unit_of_work import CapturedResponse, SqlAlchemyUnitOfWork
+from .unit_of_work import CapturedResponse, SqlAlchemyUnitOfWork, UnitOfWork, _RequestSession
 
 if TYPE_CHECKING:
     from .idempotency import IdempotencyKeys
@@ -77,6 +79,84 @@ async def get_body_stream(request: Request) -> AsyncIterator[bytes]:
 
 
 BodyStream = Annotated[AsyncIterator[bytes], Depends(get_body_stream)]
+
+#: where the middleware leaves the request's :class:`TransactionOutcome` in the ASGI scope
+TRANSACTION_OUTCOME = "fastapi_atomic.transaction_outcome"
+
+
+@dataclass(frozen=True)
+class TransactionOutcome:
+    """How the unit of work of one request ended: for its access log line, say.
+
+    ``outcome`` is ``"committed"`` (its transaction wrote, and committed), ``"read_only"``
+    (its transaction wrote nothing, and was committed all the same; any statement but a
+    ``select()`` counts as a write), ``"none"`` (no transaction was open when the response
+    started) or ``"rolled_back"`` (whatever its transaction did, maybe nothing, was undone).
+    ``retries`` names the reason of each re-run, in order. ``rollback_reason`` says why it
+    rolled back: ``"error_status"`` (a status at or above the middleware's
+    ``rollback_status``), ``"exception"``, ``"replayed"`` (an idempotency key's stored
+    answer), ``"unavailable"`` (the database did not answer), ``"retries_exhausted"``, or the
+    failure of its COMMIT (``"commit_failed"`` or a retry reason). ``phases``: phases
+    (``run_phase``) committed on their own, which no rollback undoes.
+    """
+
+    outcome: Literal["committed", "read_only", "none", "rolled_back"]
+    retries: tuple[str, ...] = ()
+    rollback_reason: str | None = None
+    phases: int = 0
+
+
+def transaction_outcome(scope: MutableMapping[str, Any]) -> TransactionOutcome | None:
+    """The outcome :class:`AtomicMiddleware` left in ``scope`` once it answered the request;
+    None before, or for a request it did not see. For a middleware outside it (an access log)."""
+    outcome = scope.get(TRANSACTION_OUTCOME)
+    return outcome if isinstance(outcome, TransactionOutcome) else None
+
+
+#: the common outcomes, made once: most requests allocate none
+_COMMITTED = TransactionOutcome("committed")
+_READ_ONLY = TransactionOutcome("read_only")
+_NONE = TransactionOutcome("none")
+_NO_RETRIES: tuple[str, ...] = ()
+_ROLLED_BACK: dict[str, TransactionOutcome] = {
+    reason: TransactionOutcome("rolled_back", rollback_reason=reason)
+    for reason in ("error_status", "exception", "replayed", "unavailable", "retries_exhausted")
+}
+
+
+def _outcome(
+    outcome: Literal["committed", "read_only", "none", "rolled_back"],
+    retries: tuple[str, ...],
+    phases: int,
+    rollback_reason: str | None = None,
+) -> TransactionOutcome:
+    if not retries and not phases:
+        if outcome == "rolled_back":
+            assert rollback_reason is not None
+            common = _ROLLED_BACK.get(rollback_reason)
+            if common is not None:
+                return common
+        else:
+            return {"committed": _COMMITTED, "read_only": _READ_ONLY, "none": _NONE}[outcome]
+    return TransactionOutcome(outcome, retries, rollback_reason, phases)
+
+
+#: the unit of work of the request the running task serves (see :func:`current_unit_of_work`)
+_current: ContextVar[UnitOfWork | None] = ContextVar("fastapi_atomic_unit_of_work", default=None)
+
+
+def current_unit_of_work() -> UnitOfWork | None:
+    """The unit of work of the request being served, while its app runs; None elsewhere.
+
+    For code that was handed only the request's AsyncSession and needs a hook of its unit of
+    work (``on_commit``): compare ``current_unit_of_work().db`` with the session it has. Routes
+    take the unit of work as a dependency (:data:`UnitOfWorkDep`) instead.
+    """
+    return _current.get()
+
+
+#: what the router puts in the scope it is given, copied back to the request's own scope
+_ROUTING_KEYS = ("route", "endpoint")
 
 
 class _Retry(Exception):
@@ -127,6 +207,7 @@ class AtomicMiddleware:
         body = _Body(receive)
         request_id = ""  # made on first use, then kept by every attempt
         attempt = 1
+        retries = _NO_RETRIES
         while True:
             uow = SqlAlchemyUnitOfWork(
                 self.engine,
@@ -140,17 +221,22 @@ class AtomicMiddleware:
             attempt_scope[IDEMPOTENCY_KEYS] = self.idempotency_keys
             attempt_scope[KEPT_BODY] = body
             attempt_scope["state"] = dict(scope.get("state") or {})
-            responder = _Responder(send, uow, self.rollback_status, self.metrics)
+            responder = _Responder(send, uow, self.rollback_status, self.metrics, retries)
+            token = _current.set(uow)
             try:
                 await self.app(attempt_scope, body.receiver(attempt_scope), responder.send)
             except Exception as exc:
+                _current.reset(token)
                 await uow._rollback()
                 await uow._close()
                 request_id = uow._request_id_value
+                phases = uow._phases_committed
                 if responder.started:
+                    _finish(scope, attempt_scope, responder.outcome)
                     raise
                 if isinstance(exc, ReplayResponse):
                     self.metrics.outcome("replayed").inc()
+                    _finish(scope, attempt_scope, _outcome("rolled_back", retries, 0, "replayed"))
                     start: Message = {
                         "type": "http.response.start",
                         "status": exc.status,
@@ -170,11 +256,17 @@ class AtomicMiddleware:
                     reason = retry_reason(exc)
                 if reason is not None:
                     if uow._can_retry and body.replayable and attempt < self.backoff.attempts:
-                        self.metrics.retries.labels(reason=reason).inc()
+                        self.metrics.retry(reason).inc()
+                        retries = (*retries, reason)
                         await asyncio.sleep(self.backoff.delay(attempt))
                         attempt += 1
                         continue
                     self.metrics.outcome("retries_exhausted").inc()
+                    _finish(
+                        scope,
+                        attempt_scope,
+                        _outcome("rolled_back", (*retries, reason), phases, "retries_exhausted"),
+                    )
                     lost = reason == CONNECTION_LOST
                     await self._unavailable(
                         attempt_scope,
@@ -190,10 +282,17 @@ class AtomicMiddleware:
                 detail = _unavailable_detail(exc)
                 if detail is None:
                     self.metrics.outcome("error").inc()
+                    _finish(
+                        scope, attempt_scope, _outcome("rolled_back", retries, phases, "exception")
+                    )
                     raise
                 self.metrics.outcome("unavailable").inc()
+                why = responder.commit_failure or "unavailable"
+                _finish(scope, attempt_scope, _outcome("rolled_back", retries, phases, why))
                 await self._unavailable(attempt_scope, send, uow._failure_detail or detail)
                 return
+            _current.reset(token)
+            _finish(scope, attempt_scope, responder.outcome)
             await uow._close()
             if uow._after_commit_hooks[0]:
                 await uow._run_after_commit_hooks()
@@ -228,6 +327,15 @@ class AtomicMiddleware:
             await send(message)
 
         await self.app(scope, receive_and_start, send_and_stop)
+
+
+def _finish(scope: Scope, attempt_scope: Scope, outcome: TransactionOutcome | None) -> None:
+    """Leave the outcome, and the route the router matched, in the request's own scope: the
+    app ran on a copy, and a middleware outside this one (an access log) reads them there."""
+    scope[TRANSACTION_OUTCOME] = outcome
+    for key in _ROUTING_KEYS:
+        if key in attempt_scope:
+            scope[key] = attempt_scope[key]
 
 
 class _Body:
@@ -285,14 +393,21 @@ class _Responder:
         uow: SqlAlchemyUnitOfWork,
         rollback_status: int,
         metrics: AtomicMetrics,
+        retries: tuple[str, ...],
     ) -> None:
         self._send = send
         self.uow = uow
         self.rollback_status = rollback_status
         self.metrics = metrics
+        self.retries = retries
         self.started = False
         self._held: Message | None = None
         self._chunks: list[bytes] = []
+        #: decided at the response start
+        self.outcome: TransactionOutcome | None = None
+        #: why the COMMIT failed, when it did
+        self.commit_failure: str | None = None
+        self._wrote = False
 
     async def send(self, message: Message) -> None:
         if self.started:
@@ -323,15 +438,31 @@ class _Responder:
         headers = list(start.get("headers", [])) if body is not None else []
         self.uow._response = CapturedResponse(status, headers, body)
         committed = status < self.rollback_status
+        uow = self.uow
         if committed:
+            uow._before_commit(self._note_writes)  # the last hook: after the session's save
             await self._commit()
             self.metrics.outcome("committed").inc()
+            kind: Literal["committed", "read_only", "none"] = (
+                "committed" if self._wrote else "read_only" if uow._commit_sent else "none"
+            )
+            self.outcome = _outcome(kind, self.retries, uow._phases_committed)
         else:
-            await self.uow._rollback()
+            await uow._rollback()
             self.metrics.rollback("error_status").inc()
             self.metrics.outcome("rolled_back").inc()
-        self.uow._apply_response_headers(start, committed=committed)
+            self.outcome = _outcome(
+                "rolled_back", self.retries, uow._phases_committed, "error_status"
+            )
+        uow._apply_response_headers(start, committed=committed)
         self.started = True
+
+    def _note_writes(self) -> None:
+        """Whether the transaction about to commit wrote anything (a read-only one did not)."""
+        db = self.uow._session
+        if db is not None and db.in_transaction():
+            session = cast(_RequestSession, db.sync_session)
+            self._wrote = bool(session.wrote or db.new or db.dirty or db.deleted)
 
     async def _commit(self) -> None:
         try:
@@ -339,7 +470,8 @@ class _Responder:
         except Exception as exc:
             await self.uow._rollback()
             reason = retry_reason(exc)
-            self.metrics.rollback(reason or "commit_failed").inc()
+            self.commit_failure = reason or "commit_failed"
+            self.metrics.rollback(self.commit_failure).inc()
             # A connection lost during the COMMIT itself leaves the outcome unknown: never
             # re-run that. Lost before it (in a before-commit hook), nothing was committed.
             unknown = reason == CONNECTION_LOST and self.uow._commit_sent

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from fastapi_atomic import AtomicMiddleware, IdempotencyKeys, atomic, create_engine
+from fastapi_atomic import AtomicMiddleware, IdempotencyKeys, PoolMetrics, atomic, create_engine
+from fastapi_atomic.engine import writer_engine
 from fastapi_atomic.websession import (
     MemoryStore,
     RedisStore,
@@ -34,7 +35,8 @@ from .api.health import router as health_router
 from .api.responses import TOO_LARGE, UNAVAILABLE
 from .db.models import idempotency_keys, web_sessions
 from .errors import Conflict, ShopError
-from .payments import HttpGateway, build_gateway
+from .logs import AccessLogMiddleware
+from .payments import MeteredGateway, build_gateway
 from .request_ids import HEADER as REQUEST_ID_HEADER
 from .request_ids import RequestIdMiddleware, request_id
 from .services.accounts import ensure_admin
@@ -49,6 +51,15 @@ logger = logging.getLogger("shop")
 
 def build_engine(settings: Settings) -> AsyncEngine:
     return create_engine(settings.database_url, pool_size=settings.db_pool_size)
+
+
+def watch_pools(engine: AsyncEngine) -> None:
+    """Gauges of the engine's pool, and of its writers' on a SQLite file (``atomic_pool_*``)."""
+    metrics = PoolMetrics.default()
+    metrics.watch(engine, "default")
+    writer = writer_engine(engine)
+    if writer is not engine:
+        metrics.watch(writer, "writer")
 
 
 def build_session_store(settings: Settings) -> WebSessionStore:
@@ -79,10 +90,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     engine = build_engine(settings)
     store = build_session_store(settings)
-    gateway = build_gateway(
-        settings.payment_gateway,
-        fake_latency_ms=settings.fake_gateway_latency_ms,
-        timeout=settings.payment_gateway_timeout,
+    watch_pools(engine)
+    gateway = MeteredGateway(
+        build_gateway(
+            settings.payment_gateway,
+            fake_latency_ms=settings.fake_gateway_latency_ms,
+            timeout=settings.payment_gateway_timeout,
+        )
     )
 
     @asynccontextmanager
@@ -92,8 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            if isinstance(gateway, HttpGateway):
-                await gateway.aclose()
+            await gateway.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -128,6 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         idempotency_keys=IdempotencyKeys(idempotency_keys),
         unavailable_response=_unavailable_page,
     )
+    # Between the two: it reads what the unit of work did, and its line carries the id.
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries the id
     for router in api.routers:
         # Every API route runs in the unit of work, whose database can be unavailable.

@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import tempfile
 from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
@@ -20,6 +22,9 @@ from .settings import Settings, trusted_proxy
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+#: where prometheus_client's multiprocess mode keeps each process's values
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 app = typer.Typer(help="The shop: a reference service for fastapi-atomic.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -127,20 +132,43 @@ def serve(
             # Once, here, before the workers start: each then finds the administrator there,
             # where several creating it at once on SQLite raced for its single write lock.
             asyncio.run(_ensure_admin(settings))
-    uvicorn.run(
-        "shop.cli:serving_app",
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_level="info",
-        log_config=log_config(root_level=logging.getLevelName(logging.getLogger().level)),
-        # The client address (the log-in throttle's key, the access log's) comes from
-        # X-Forwarded-For only when the peer is one of these proxies; without any, uvicorn's
-        # middleware is left out, and its default (trust 127.0.0.1) never applies.
-        proxy_headers=bool(proxies),
-        forwarded_allow_ips=proxies or None,
-    )
+    with _metrics_directory(workers):
+        uvicorn.run(
+            "shop.cli:serving_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="info",
+            log_config=log_config(
+                root_level=logging.getLevelName(logging.getLogger().level),
+                log_format=settings.log_format,
+            ),
+            access_log=False,  # the shop writes its own access line (shop.logs)
+            # The client address (the log-in throttle's key, the access log's) comes from
+            # X-Forwarded-For only when the peer is one of these proxies; without any, uvicorn's
+            # middleware is left out, and its default (trust 127.0.0.1) never applies.
+            proxy_headers=bool(proxies),
+            forwarded_allow_ips=proxies or None,
+        )
+
+
+@contextlib.contextmanager
+def _metrics_directory(workers: int) -> Iterator[None]:
+    """With several workers, each keeps its Prometheus values in files of a directory they
+    share, and a scrape of any one of them sums them all (prometheus_client's multiprocess
+    mode): a fresh temporary directory, removed at exit, unless PROMETHEUS_MULTIPROC_DIR names
+    one already (the operator's, to empty before each start). Set before the workers start:
+    each reads it when it first imports prometheus_client."""
+    if workers == 1 or os.environ.get(MULTIPROC_DIR):
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="shop-metrics-") as directory:
+        os.environ[MULTIPROC_DIR] = directory
+        try:
+            yield
+        finally:
+            del os.environ[MULTIPROC_DIR]
 
 
 async def _ensure_admin(settings: Settings) -> None:

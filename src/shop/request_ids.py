@@ -61,26 +61,25 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"
+def log_config(
+    level: str = "INFO", root_level: str = "WARNING", log_format: str = "text"
+) -> dict[str, Any]:
+    """One format (``text`` or ``json``, see :mod:`shop.logs`) for uvicorn's logs (at
+    ``level``) and everything else (the shop's, the library's, at ``root_level``), each line
+    with a timestamp, the level, the logger and the request id.
 
-
-def log_config(level: str = "INFO", root_level: str = "WARNING") -> dict[str, Any]:
-    """One format for uvicorn's logs (at ``level``) and everything else (the shop's, the
-    library's, at ``root_level``): a timestamp, the level, the logger, the request id, the
-    message (uvicorn's access lines keep theirs)."""
+    uvicorn's own access log is off: the shop writes one line per request itself (logger
+    ``shop.access``, on stdout), with the route, the duration and what the unit of work did;
+    business events (``shop.events``) are logged at INFO whatever ``root_level`` says.
+    """
+    formatter = {
+        "()": "shop.logs.JsonFormatter" if log_format == "json" else "shop.logs.TextFormatter"
+    }
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": RequestIdFilter}},
-        "formatters": {
-            "default": {"format": _FORMAT},
-            "access": {
-                "()": "uvicorn.logging.AccessFormatter",
-                "fmt": _FORMAT.replace("%(message)s", "")
-                + '%(client_addr)s "%(request_line)s" %(status_code)s',
-                "use_colors": False,
-            },
-        },
+        "formatters": {"default": formatter},
         "handlers": {
             "default": {
                 "class": "logging.StreamHandler",
@@ -90,7 +89,7 @@ def log_config(level: str = "INFO", root_level: str = "WARNING") -> dict[str, An
             },
             "access": {
                 "class": "logging.StreamHandler",
-                "formatter": "access",
+                "formatter": "default",
                 "filters": ["request_id"],
                 "stream": "ext://sys.stdout",
             },
@@ -98,7 +97,9 @@ def log_config(level: str = "INFO", root_level: str = "WARNING") -> dict[str, An
         "loggers": {
             "uvicorn": {"handlers": ["default"], "level": level, "propagate": False},
             "uvicorn.error": {"level": level},
-            "uvicorn.access": {"handlers": ["access"], "level": level, "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "shop.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+            "shop.events": {"level": "INFO"},
         },
         "root": {"handlers": ["default"], "level": root_level},
     }

@@ -22,6 +22,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SHOP_", env_file=".env", extra="ignore")
 
     env: Literal["development", "production"] = "development"
+    #: how `shop serve` writes its logs: ``text`` for a person (development's default), ``json``
+    #: (one object per line) for a log pipeline (production's default); see :mod:`shop.logs`
+    log_format: Literal["text", "json"] = Field(
+        default_factory=lambda data: "json" if data.get("env") == "production" else "text"
+    )
     database_url: str = "sqlite+aiosqlite:///./shop.db"
     session_store: Literal["sql", "redis", "memory"] = "sql"
     redis_url: str = "redis://127.0.0.1:6379/0"

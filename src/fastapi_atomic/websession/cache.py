@@ -47,10 +47,13 @@ from __future__ import annotations
 import pickle
 import time
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
 from .record import SessionRecord
+
+if TYPE_CHECKING:
+    from .metrics import StoreCounters
 
 #: the version of a deleted record: newer than any, so its tombstone refuses every fill
 DELETED = float("inf")
@@ -121,14 +124,22 @@ class RecordCache:
         self._entries[key] = _Entry(frozen, version, self._clock())
 
     async def read_record(
-        self, key: str, read: Callable[[], Awaitable[SessionRecord | None]]
+        self,
+        key: str,
+        read: Callable[[], Awaitable[SessionRecord | None]],
+        counters: StoreCounters | None = None,
     ) -> SessionRecord | None:
         """The record under ``key``: thawed from the cache, or what ``read`` finds (frozen into
-        the cache if it may be)."""
+        the cache if it may be). A load ``read`` answers is a miss, in ``counters`` too, the
+        cache live or not: a dark cache answers nothing."""
         if self.live:
             frozen = self.get(key)
             if frozen is not None:
+                if counters is not None:
+                    counters.hits.inc()
                 return SessionRecord(**pickle.loads(frozen))
+        if counters is not None:
+            counters.misses.inc()
         epoch = self.epoch
         record = await read()
         if record is not None and self.live:

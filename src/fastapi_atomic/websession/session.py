@@ -272,11 +272,11 @@ class WebSession(MutableMapping[str, JSON]):
         assert self._record is not None and self._id is not None
         changes, self._changes = self._changes, Changes()
         changes.touch = now
-        saved = await self._manager.store.update(
-            store_key(self._id), changes, self._uow, current=self._record
-        )
+        store = self._manager.store
+        saved = await store.update(store_key(self._id), changes, self._uow, current=self._record)
         if saved is None:
             return False  # destroyed meanwhile (logout elsewhere): never write it back
+        store.counters.updated.inc()
         self._record = saved
         return True
 
@@ -287,8 +287,10 @@ class WebSession(MutableMapping[str, JSON]):
         if self._invalidated:
             if not self._created and self._id is not None:
                 await store.delete(store_key(self._id), self._uow)
+                store.counters.deleted.inc()
             if self._replaced_key is not None:
                 await store.delete(self._replaced_key, self._uow)
+                store.counters.deleted.inc()
             if self.had_cookie:
                 self._set_cookie("clear")
             return
@@ -300,7 +302,9 @@ class WebSession(MutableMapping[str, JSON]):
             record.last_seen_at = now
             if self._replaced_key is not None:
                 await store.delete(self._replaced_key, self._uow)
+                store.counters.deleted.inc()
             await store.create(store_key(self._id), record, self._uow)
+            store.counters.created.inc()
             self._set_cookie("set")
             return
         if (self._changes or self._touch_due(now)) and not await self._write_changes(now):

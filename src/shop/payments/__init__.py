@@ -5,6 +5,7 @@ from __future__ import annotations
 from .fake import FakeGateway, create_fake_gateway_app
 from .gateway import ChargeResult, GatewayError, GatewayTimeout, PaymentGateway
 from .http import HttpGateway
+from .metered import GatewayMetrics, MeteredGateway
 
 
 def build_gateway(
@@ -20,8 +21,10 @@ __all__ = [
     "ChargeResult",
     "FakeGateway",
     "GatewayError",
+    "GatewayMetrics",
     "GatewayTimeout",
     "HttpGateway",
+    "MeteredGateway",
     "PaymentGateway",
     "build_gateway",
     "create_fake_gateway_app",

@@ -34,6 +34,7 @@ from sqlalchemy import bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from fastapi_atomic import UnitOfWork
+from shop import logs
 from shop.db.models import Payment, table, utcnow
 from shop.errors import CardDeclined, GatewayUnavailable
 from shop.payments import ChargeResult, GatewayError, PaymentGateway
@@ -174,6 +175,7 @@ async def collect(
     assert isinstance(result, ChargeResult)
     if result.status != "succeeded":
         await uow.run_phase(lambda db: release(db, payment.gateway_key, result, purchase))
+        logs.committed("card declined", payment_key=payment.gateway_key, code=result.decline_code)
         raise CardDeclined(result.decline_code)
     # Charged: from here on a failure must not say "nothing was changed", and the purchase is
     # completed in the background if the request's transaction cannot be committed.

@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from fastapi_atomic import ConcurrentChange, UnitOfWork
+from shop import logs
 from shop.db.models import Order, OrderItem, Payment, Product, table
 from shop.errors import Conflict, NotFound, Unprocessable
 from shop.payments import PaymentGateway
@@ -76,6 +77,7 @@ async def checkout_with_account(
         db, user_id, items, status="paid", payment_method="account", account_id=account_id
     )
     await _take_stock(db, order.items)
+    logs.after_commit(db, "order paid", order_id=order.id, total=order.total, payment="account")
     return order
 
 
@@ -123,6 +125,7 @@ class OrderPurchase:
 
     async def complete(self, db: AsyncSession) -> None:
         await db.execute(_SET_STATUS, {"order_id": self.order_id, "status": "paid"})
+        logs.after_commit(db, "order paid", order_id=self.order_id, payment="card")
 
     async def give_up(self, db: AsyncSession) -> None:
         await db.execute(_SET_STATUS, {"order_id": self.order_id, "status": "failed"})
@@ -206,6 +209,7 @@ async def _place_order(
     )
     db.add(order)
     await db.flush()
+    logs.after_commit(db, "order placed", order_id=order.id, user_id=user_id, total=order.total)
     return order
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shop import logs
 from shop.db.models import Transfer
 from shop.errors import Conflict, NotFound, Unprocessable
 
@@ -46,4 +47,5 @@ async def transfer(
     record = Transfer(from_account_id=from_account_id, to_account_id=to_account_id, amount=amount)
     db.add(record)
     await db.flush()
+    logs.after_commit(db, "transfer made", transfer_id=record.id, amount=amount, user_id=user_id)
     return record

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ...unit_of_work import UnitOfWork
 from ..cache import RecordCache
+from ..metrics import StoreCounters, WebSessionMetrics
 from ..record import Changes, SessionRecord, apply_changes
 
 #: how often a save re-reads and retries a session that other requests keep changing
@@ -32,6 +33,9 @@ class WebSessionStore(abc.ABC):
 
     #: a process-local read cache kept honest by the store's change feed, or None
     cache: RecordCache | None = None
+    #: the ``store`` label of its metrics (``atomic_websession_*``); a subclass names itself
+    kind = "custom"
+    _store_counters: StoreCounters | None = None
 
     def __init__(self) -> None:
         self.idle_timeout = 1800.0
@@ -112,9 +116,19 @@ class WebSessionStore(abc.ABC):
 
     async def load(self, key: str, uow: UnitOfWork) -> SessionRecord | None:
         """The record a request starts from: from the cache when it holds it, else :meth:`read`."""
+        counters = self.counters
+        counters.loads.inc()
         if self.cache is None:
             return await self.read(key, uow)
-        return await self.cache.read_record(key, lambda: self.read(key, uow))
+        return await self.cache.read_record(key, lambda: self.read(key, uow), counters)
+
+    @property
+    def counters(self) -> StoreCounters:
+        """This store's ``atomic_websession_*`` counters (the process-wide ones, by default)."""
+        counters = self._store_counters
+        if counters is None:
+            counters = self._store_counters = WebSessionMetrics.default().for_store(self.kind)
+        return counters
 
     async def update(
         self,

@@ -8,6 +8,8 @@ from .base import WebSessionStore
 
 
 class MemoryStore(WebSessionStore):
+    kind = "memory"
+
     def __init__(self) -> None:
         super().__init__()
         self._records: dict[str, SessionRecord] = {}

@@ -79,6 +79,8 @@ class RedisStore(WebSessionStore):
     :meth:`from_url` does) for the retry and the timeouts.
     """
 
+    kind = "redis"
+
     def __init__(
         self,
         redis: Redis,

@@ -58,6 +58,8 @@ class SqlStore(WebSessionStore):
     connection could watch), every read goes to the database.
     """
 
+    kind = "sql"
+
     def __init__(
         self, table: Table, *, cache: bool | RecordCache = False, poll_interval: float = 0.002
     ) -> None:
