@@ -101,6 +101,14 @@ def serve(
             "unset there too, no proxy is believed.",
         ),
     ] = None,
+    worker_start_timeout: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="With several workers: seconds a worker may take to start (to import the "
+            "app and answer its supervisor) before it is restarted.",
+        ),
+    ] = 60,
 ) -> None:
     """Bring the database schema up to date, then serve the storefront and the API."""
     import uvicorn
@@ -150,6 +158,9 @@ def serve(
             # middleware is left out, and its default (trust 127.0.0.1) never applies.
             proxy_headers=bool(proxies),
             forwarded_allow_ips=proxies or None,
+            # uvicorn's default, 5 s, restarts a worker still importing the app on a busy
+            # host, again and again: each restart starts the import over
+            timeout_worker_healthcheck=worker_start_timeout,
         )
 
 

@@ -148,3 +148,30 @@ def test_admin_create(tmp_path: Path) -> None:
     assert rows == [("boss@example.com", "admin")]
     refused = shop(tmp_path, "admin", "create", "--email", "boss", "--password", "x" * 12)
     assert refused.returncode == 2 and "email" in refused.stderr
+
+
+#: imported by every Python process started with it on PYTHONPATH: a worker process (started
+#: by uvicorn's supervisor with multiprocessing) takes 7 s to start, as on a crowded host
+SLOW_WORKER = """
+import sys, time
+if "--multiprocessing-fork" in sys.argv:
+    time.sleep(7)
+"""
+
+
+def test_workers_slower_to_start_than_uvicorns_5_s_are_waited_for(tmp_path: Path) -> None:
+    """uvicorn's default restarts a worker that has not answered its supervisor within 5 s,
+    and the restarted one starts over: on a busy host, a restart loop that never serves."""
+    startup = tmp_path / "startup"
+    startup.mkdir()
+    (startup / "sitecustomize.py").write_text(SLOW_WORKER)
+    env = shop_env(f"sqlite+aiosqlite:///{tmp_path / 'shop.db'}", PYTHONPATH=str(startup))
+    server = shop_server(tmp_path, env, workers=2)
+    server.start(timeout=45)
+    try:
+        for _ in range(10):
+            assert httpx.get(server.health_url, timeout=5).status_code == 200
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "died" not in log and log.count("Started server process") == 2, log[-2000:]

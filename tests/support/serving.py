@@ -71,10 +71,15 @@ def shop_env(database_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-def shop_server(workdir: Path, env: dict[str, str], port: int | None = None) -> Process:
+def shop_server(
+    workdir: Path, env: dict[str, str], port: int | None = None, workers: int = 1
+) -> Process:
     port = port or free_port()
     return Process(
-        [SHOP, "serve", "--port", str(port)], env, workdir, f"http://127.0.0.1:{port}/healthz"
+        [SHOP, "serve", "--port", str(port), "--workers", str(workers)],
+        env,
+        workdir,
+        f"http://127.0.0.1:{port}/healthz",
     )
 
 
