@@ -18,9 +18,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from postgres_admin import create_database, drop_database
 from redis.asyncio import Redis
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -93,25 +93,13 @@ def redis_server() -> str:
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[str]:
     require_service("PostgreSQL", POSTGRES_URL, 5432)
-    url = make_url(POSTGRES_URL)
     name = f"test_{RUN_ID}"
-    admin_url = url.set(database="postgres")
-
-    async def run(statement: str) -> None:
-        engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    database_url = url.set(database=name).render_as_string(hide_password=False)
+    database_url = asyncio.run(create_database(POSTGRES_URL, name))
     from shop.db.migrate import upgrade_sync
 
     upgrade_sync(database_url)
     yield database_url
-    asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(drop_database(POSTGRES_URL, name))
 
 
 async def truncate_all(database_url: str) -> None:

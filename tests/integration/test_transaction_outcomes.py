@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import Depends, FastAPI, HTTPException
+from postgres_admin import create_database, drop_database
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from fastapi_atomic import (
     AtomicMetrics,
@@ -45,25 +45,14 @@ items = Table(
 )
 
 
-async def _administer(server: str, statement: str) -> None:
-    engine = create_async_engine(
-        make_url(server).set(database="postgres"), isolation_level="AUTOCOMMIT"
-    )
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 def own_database(postgres_server: str) -> Iterator[str]:
     name = f"test_operations_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_administer(postgres_server, f'CREATE DATABASE "{name}"'))
+    url = asyncio.run(create_database(postgres_server, name))
     try:
-        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        asyncio.run(_administer(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(drop_database(postgres_server, name))
 
 
 @dataclass

@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from postgres_admin import create_database, drop_database
 from redis import Redis
 from serving import ADMIN, SHOP, Process, base_url, fake_gateway, shop_env
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 NGINX = "/usr/sbin/nginx"
 NGINX_MISSING = "nginx is not installed (apt-get install nginx)"
@@ -217,21 +216,10 @@ def _free_port(address: str) -> int:
 
 def _database(postgres_url: str, cleanup: contextlib.ExitStack) -> str:
     """A new, empty database on the server of ``postgres_url``, dropped at cleanup."""
-    url = make_url(postgres_url)
     name = f"deploy_{uuid.uuid4().hex[:12]}"
-    admin_url = url.set(database="postgres")
-
-    async def run(statement: str) -> None:
-        engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
-        try:
-            async with engine.connect() as connection:
-                await connection.execute(text(statement))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run(f'CREATE DATABASE "{name}"'))
-    cleanup.callback(lambda: asyncio.run(run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')))
-    return url.set(database=name).render_as_string(hide_password=False)
+    url = asyncio.run(create_database(postgres_url, name))
+    cleanup.callback(lambda: asyncio.run(drop_database(postgres_url, name)))
+    return url
 
 
 def _delete_keys(redis_url: str, prefix: str) -> None:

@@ -15,19 +15,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from fault_proxy import FaultProxy
-from sqlalchemy import text
-from sqlalchemy.engine import URL, make_url
+from postgres_admin import administer
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
-
-
-async def _administer(server: URL, statement: str) -> None:
-    engine = create_async_engine(server.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    try:
-        async with engine.connect() as connection:
-            await connection.execute(text(statement))
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +27,12 @@ def fault_template(postgres_database: str) -> Iterator[str]:
 
     server = make_url(postgres_database)
     name = f"{server.database}_fault_template"
-    asyncio.run(_administer(server, f'CREATE DATABASE "{name}"'))
+    asyncio.run(administer(server, f'CREATE DATABASE "{name}"'))
     try:
         upgrade_sync(server.set(database=name).render_as_string(hide_password=False))
         yield name
     finally:
-        asyncio.run(_administer(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(administer(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -54,7 +44,7 @@ def own_database(postgres_database: str, fault_template: str) -> Iterator[str]:
     async def create() -> None:
         for attempt in range(20):
             try:
-                await _administer(server, f'CREATE DATABASE "{name}" TEMPLATE "{fault_template}"')
+                await administer(server, f'CREATE DATABASE "{name}" TEMPLATE "{fault_template}"')
                 return
             except DBAPIError:  # the template's last connection is still going away
                 if attempt == 19:
@@ -66,7 +56,7 @@ def own_database(postgres_database: str, fault_template: str) -> Iterator[str]:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:
         # FORCE ends only connections to this database: the test's own.
-        asyncio.run(_administer(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(administer(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
