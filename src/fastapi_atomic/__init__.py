@@ -15,7 +15,7 @@ from .exceptions import (
     UnitOfWorkMissing,
 )
 from .idempotency import IdempotencyKey, IdempotencyKeys, claim_idempotency_key, idempotency_table
-from .metrics import AtomicMetrics, PoolMetrics
+from .metrics import AtomicMetrics, MetricSet, PoolMetrics
 from .middleware import (
     AtomicMiddleware,
     BodyStream,
@@ -39,6 +39,7 @@ __all__ = [
     "IdempotencyKey",
     "IdempotencyKeys",
     "IsolationLevel",
+    "MetricSet",
     "PoolMetrics",
     "ServiceUnavailable",
     "TooLate",

@@ -9,9 +9,10 @@ pool's gauges are ``livesum`` (the sum over the processes alive).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -19,18 +20,47 @@ from .pool import FairAsyncAdaptedQueuePool
 
 
 @dataclass(frozen=True)
-class AtomicMetrics:
+class MetricSet:
+    """A set of metrics registered together: :meth:`create` makes it in a registry (a test's),
+    :meth:`default` once in the process-wide one, shared by every app of the process."""
+
+    #: labelled children, looked up once (``labels()`` locks and hashes on every call)
+    _children: dict[tuple[int, tuple[str, ...]], Any] = field(
+        default_factory=dict, compare=False, repr=False, kw_only=True
+    )
+
+    _defaults: ClassVar[dict[type[MetricSet], MetricSet]] = {}
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> Self:
+        raise NotImplementedError
+
+    @classmethod
+    def default(cls) -> Self:
+        made = MetricSet._defaults.get(cls)
+        if made is None:
+            made = MetricSet._defaults[cls] = cls.create(REGISTRY)
+        assert isinstance(made, cls)
+        return made
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """``metric.labels(*labels)``, looked up once."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
+
+@dataclass(frozen=True)
+class AtomicMetrics(MetricSet):
     requests: Counter
     commits: Counter
     rollbacks: Counter
     retries: Counter
-    #: labelled children, looked up once (``labels()`` locks and hashes on every call)
-    _children: dict[tuple[int, str], Any] = field(default_factory=dict, compare=False, repr=False)
-
-    _default: ClassVar[AtomicMetrics | None] = None
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> AtomicMetrics:
+    def create(cls, registry: CollectorRegistry) -> Self:
         return cls(
             requests=Counter(
                 "atomic_requests",
@@ -54,30 +84,17 @@ class AtomicMetrics:
         )
 
     def outcome(self, name: str) -> Any:
-        return self._child(self.requests, name)
+        return self.child(self.requests, name)
 
     def rollback(self, reason: str) -> Any:
-        return self._child(self.rollbacks, reason)
+        return self.child(self.rollbacks, reason)
 
     def retry(self, reason: str) -> Any:
-        return self._child(self.retries, reason)
-
-    def _child(self, counter: Counter, value: str) -> Any:
-        child = self._children.get((id(counter), value))
-        if child is None:
-            child = self._children[(id(counter), value)] = counter.labels(value)
-        return child
-
-    @classmethod
-    def default(cls) -> AtomicMetrics:
-        """One set of counters in the process-wide registry, shared by every app."""
-        if cls._default is None:
-            cls._default = cls.create(REGISTRY)
-        return cls._default
+        return self.child(self.retries, reason)
 
 
 @dataclass(frozen=True)
-class PoolMetrics:
+class PoolMetrics(MetricSet):
     """Gauges of a connection pool: connections checked out, and requests waiting for one.
 
     A pool that is always fully in use with requests waiting is too small for the load (or
@@ -87,10 +104,8 @@ class PoolMetrics:
     in_use: Gauge
     waiting: Gauge
 
-    _default: ClassVar[PoolMetrics | None] = None
-
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> PoolMetrics:
+    def create(cls, registry: CollectorRegistry) -> Self:
         return cls(
             in_use=Gauge(
                 "atomic_pool_connections_in_use",
@@ -107,13 +122,6 @@ class PoolMetrics:
                 multiprocess_mode="livesum",
             ),
         )
-
-    @classmethod
-    def default(cls) -> PoolMetrics:
-        """One set of gauges in the process-wide registry, shared by every engine."""
-        if cls._default is None:
-            cls._default = cls.create(REGISTRY)
-        return cls._default
 
     def watch(self, engine: AsyncEngine, pool: str = "default") -> None:
         """Count ``engine``'s connections in use (its pool's checkout and checkin events) and,

@@ -27,19 +27,19 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 from urllib.parse import quote
 
 from fastapi.routing import iter_route_contexts
-from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fastapi_atomic import current_unit_of_work, transaction_outcome
+from fastapi_atomic import MetricSet, current_unit_of_work, transaction_outcome
 
 from .request_ids import request_id
 
@@ -159,17 +159,11 @@ _STATUS_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 @dataclass(frozen=True)
-class HttpMetrics:
+class HttpMetrics(MetricSet):
     latency: Histogram
-    #: labelled children, looked up once per (method, route, status class)
-    _children: dict[tuple[str, str, str], Any] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-    _default: ClassVar[HttpMetrics | None] = None
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> HttpMetrics:
+    def create(cls, registry: CollectorRegistry) -> Self:
         return cls(
             latency=Histogram(
                 "shop_http_request_duration_seconds",
@@ -179,19 +173,10 @@ class HttpMetrics:
             )
         )
 
-    @classmethod
-    def default(cls) -> HttpMetrics:
-        if cls._default is None:
-            cls._default = cls.create(REGISTRY)
-        return cls._default
-
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         status_class = _STATUS_CLASSES[status // 100] if 0 <= status < 600 else "5xx"
-        key = (method if method in _METHODS else "other", route, status_class)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.latency.labels(*key)
-        child.observe(seconds)
+        method = method if method in _METHODS else "other"
+        self.child(self.latency, method, route, status_class).observe(seconds)
 
 
 class AccessLogMiddleware:

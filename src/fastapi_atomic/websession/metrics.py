@@ -8,9 +8,11 @@ store.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Self
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter
+
+from ..metrics import MetricSet
 
 
 @dataclass(frozen=True)
@@ -26,15 +28,13 @@ class StoreCounters:
 
 
 @dataclass(frozen=True)
-class WebSessionMetrics:
+class WebSessionMetrics(MetricSet):
     loads: Counter
     writes: Counter
     cache: Counter
 
-    _default: ClassVar[WebSessionMetrics | None] = None
-
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> WebSessionMetrics:
+    def create(cls, registry: CollectorRegistry) -> Self:
         return cls(
             loads=Counter(
                 "atomic_websession_loads",
@@ -55,13 +55,6 @@ class WebSessionMetrics:
                 registry=registry,
             ),
         )
-
-    @classmethod
-    def default(cls) -> WebSessionMetrics:
-        """One set in the process-wide registry, shared by every store."""
-        if cls._default is None:
-            cls._default = cls.create(REGISTRY)
-        return cls._default
 
     def for_store(self, store: str) -> StoreCounters:
         return StoreCounters(

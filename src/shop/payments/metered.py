@@ -7,11 +7,13 @@ them) and answers buyers with 503s: alert on ``outcome="timeout"`` and ``outcome
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Self
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from fastapi_atomic import MetricSet
 
 from .gateway import ChargeResult, GatewayTimeout, PaymentGateway
 
@@ -21,16 +23,12 @@ _BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
-class GatewayMetrics:
+class GatewayMetrics(MetricSet):
     calls: Counter
     latency: Histogram
-    #: labelled children, looked up once
-    _children: dict[tuple[str, ...], Any] = field(default_factory=dict, compare=False, repr=False)
-
-    _default: ClassVar[GatewayMetrics | None] = None
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> GatewayMetrics:
+    def create(cls, registry: CollectorRegistry) -> Self:
         return cls(
             calls=Counter(
                 "shop_gateway_calls",
@@ -47,21 +45,9 @@ class GatewayMetrics:
             ),
         )
 
-    @classmethod
-    def default(cls) -> GatewayMetrics:
-        if cls._default is None:
-            cls._default = cls.create(REGISTRY)
-        return cls._default
-
     def record(self, operation: str, outcome: str, seconds: float) -> None:
-        calls = self._children.get((operation, outcome))
-        if calls is None:
-            calls = self._children[(operation, outcome)] = self.calls.labels(operation, outcome)
-        latency = self._children.get((operation,))
-        if latency is None:
-            latency = self._children[(operation,)] = self.latency.labels(operation)
-        calls.inc()
-        latency.observe(seconds)
+        self.child(self.calls, operation, outcome).inc()
+        self.child(self.latency, operation).observe(seconds)
 
 
 class MeteredGateway:
