@@ -58,9 +58,14 @@ class InvalidationFeed:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            done, _ = await asyncio.wait({self._task}, timeout=2.0)
-            if not done:
+            # Twice: a cancellation that lands as a timeout inside the task expires is taken
+            # for that timeout (asyncio.timeout on Python 3.11), and the task goes on.
+            for _ in range(2):
+                self._task.cancel()
+                done, _ = await asyncio.wait({self._task}, timeout=1.0)
+                if done:
+                    break
+            else:
                 logger.warning("web-session cache feed did not stop within 2 s; left behind")
             self._task = None
         self.cache.go_dark()
@@ -85,6 +90,10 @@ class InvalidationFeed:
                 logger.warning("web-session cache feed lost (%s); reading the store meanwhile", exc)
             finally:
                 self.cache.go_dark()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # asked to stop while a timeout of ours expired: its error hid the request
+                raise asyncio.CancelledError
             await asyncio.sleep(self.reconnect_delay)
 
     def _resync(self) -> None:
