@@ -31,13 +31,15 @@ class FairQueue(AsyncAdaptedQueue[T]):
     def __init__(self, maxsize: int = 0, use_lifo: bool = False) -> None:
         super().__init__(maxsize, use_lifo)
         self._waiters: deque[asyncio.Future[T]] = deque()
+        self._waiting = 0
         #: called with the number of waiting requests whenever one starts or stops waiting
         self.on_waiting: Callable[[int], None] | None = None
 
     @property
     def waiting(self) -> int:
-        """Requests waiting for a connection now."""
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        """Requests waiting for a connection now (counted, not looked up in the line: the
+        metric's hook asks twice per wait)."""
+        return self._waiting
 
     def put_nowait(self, item: T) -> None:
         while self._waiters:
@@ -68,6 +70,7 @@ class FairQueue(AsyncAdaptedQueue[T]):
             self.on_waiting(self.waiting)
 
     async def _wait(self, waiter: asyncio.Future[T], seconds: float | None) -> T:
+        self._waiting += 1
         self._report_waiting()
         try:
             async with asyncio.timeout(seconds):
@@ -84,6 +87,7 @@ class FairQueue(AsyncAdaptedQueue[T]):
             waiter.cancel()
             raise
         finally:
+            self._waiting -= 1
             self._report_waiting()
 
 
