@@ -10,32 +10,29 @@ every worker of every host at once, though each had the session in its cache.
 
 from __future__ import annotations
 
-import itertools
 import os
 import random
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import httpx
 import pytest
 from deployment import NGINX_MISSING, REDIS_URL, Deployment, Host, deployment, nginx_missing
-from serving import ADMIN
+from shop_clients import (
+    CARD,
+    CLIENTS,
+    Clients,
+    Customer,
+    add_product,
+    concurrently,
+    customers,
+    stock_of,
+)
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-#: concurrent clients (threads)
-CLIENTS = 12
-PASSWORD = "a good password"
-CARD = "4242424242424242"
-
-A = TypeVar("A")
-T = TypeVar("T")
-_emails = itertools.count()
 
 
 @pytest.fixture(scope="module", params=["sql", "redis"])
@@ -62,129 +59,18 @@ def shop(
         yield running
 
 
-class Clients:
-    """The test's HTTP clients, all through the proxy; each answer's host is noted
-    (``X-Upstream``), and every client is closed at the end."""
-
-    def __init__(self, shop: Deployment) -> None:
-        self.shop = shop
-        self.upstreams: Counter[str] = Counter()
-        self.statuses: Counter[int] = Counter()
-        self._open: list[httpx.Client] = []
-        self._lock = threading.Lock()
-
-    def new(self, cookies: httpx.Cookies | None = None) -> httpx.Client:
-        client = httpx.Client(
-            base_url=self.shop.url,
-            cookies=cookies,
-            timeout=30,
-            event_hooks={"response": [self._note]},
-        )
-        with self._lock:
-            self._open.append(client)
-        return client
-
-    def _note(self, response: httpx.Response) -> None:
-        with self._lock:
-            self.upstreams[response.headers.get("x-upstream", "none")] += 1
-            self.statuses[response.status_code] += 1
-
-    def assert_spread(self) -> None:
-        """Both hosts answered, and nothing but them (no nginx error page)."""
-        hosts = {host.netloc for host in self.shop.hosts}
-        assert set(self.upstreams) == hosts, self.upstreams
-        assert 500 not in self.statuses and 502 not in self.statuses, self.statuses
-
-    def close(self) -> None:
-        for client in self._open:
-            client.close()
-
-
 @pytest.fixture
 def clients(shop: Deployment) -> Iterator[Clients]:
-    made = Clients(shop)
+    made = Clients(shop.url)
     yield made
     made.close()
 
 
-class Customer:
-    """A signed-up user, logged in: one web session, its account."""
-
-    def __init__(self, clients: Clients) -> None:
-        self.email = f"deploy{next(_emails)}-{uuid.uuid4().hex[:6]}@example.com"
-        self.clients = clients
-        signup = clients.new().post(
-            "/api/users", json={"name": "Deploy", "email": self.email, "password": PASSWORD}
-        )
-        assert signup.status_code == 201, signup.text
-        self.account_id: int = signup.json()["accounts"][0]["id"]
-        self.client, self.token = self.log_in()
-
-    def log_in(self) -> tuple[httpx.Client, str]:
-        """A new web session of this user, in a client of its own."""
-        client = self.clients.new()
-        response = client.post("/api/session", json={"email": self.email, "password": PASSWORD})
-        assert response.status_code == 200, response.text
-        return client, str(response.json()["csrf_token"])
-
-    def tab(self) -> httpx.Client:
-        """Another client in the same web session (its own connections to the proxy)."""
-        return self.clients.new(cookies=self.client.cookies)
-
-    def post(
-        self, path: str, body: dict[str, Any], client: httpx.Client | None = None
-    ) -> httpx.Response:
-        return (client or self.client).post(
-            path,
-            json=body,
-            headers={"X-CSRF-Token": self.token, "Idempotency-Key": uuid.uuid4().hex},
-        )
-
-    def deposit(self, amount: int) -> None:
-        path = f"/api/accounts/{self.account_id}/deposits"
-        response = self.post(path, {"amount": amount, "card_number": CARD})
-        assert response.status_code == 201, response.text
-
-    def balance(self) -> int:
-        accounts = self.client.get("/api/accounts").json()
-        return int(accounts[0]["balance"])
-
-    def session_order_ids(self) -> list[int]:
-        response = self.client.get("/api/session")
-        assert response.status_code == 200, response.text
-        return list(response.json()["order_ids"])
-
-
-def customers(clients: Clients, count: int) -> list[Customer]:
-    return concurrently(Customer, [clients] * count)
-
-
-def concurrently(job: Callable[[A], T], items: Iterable[A]) -> list[T]:
-    """``job`` of each item, CLIENTS at a time; an exception in any is raised here."""
-    with ThreadPoolExecutor(CLIENTS) as pool:
-        return list(pool.map(job, items))
-
-
-def add_product(clients: Clients, price: int, stock: int) -> int:
-    admin = clients.new()
-    token = admin.post("/api/session", json=ADMIN).json()["csrf_token"]
-    response = admin.post(
-        "/api/products",
-        json={
-            "sku": f"deploy-{uuid.uuid4().hex[:10]}",
-            "name": "Lamp",
-            "price": price,
-            "stock": stock,
-        },
-        headers={"X-CSRF-Token": token},
-    )
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-def stock_of(clients: Clients, product_id: int) -> int:
-    products = clients.new().get("/api/products").json()
-    return next(int(p["stock"]) for p in products if p["id"] == product_id)
+def assert_spread(shop: Deployment, clients: Clients) -> None:
+    """Both hosts answered, and nothing but them (no nginx error page)."""
+    hosts = {host.netloc for host in shop.hosts}
+    assert set(clients.upstreams) == hosts, clients.upstreams
+    assert 500 not in clients.statuses and 502 not in clients.statuses, clients.statuses
 
 
 # --- the tests ---------------------------------------------------------------------------
@@ -195,7 +81,7 @@ def test_requests_spread_over_the_hosts_which_believe_the_proxy(
 ) -> None:
     ids = [f"spread-{uuid.uuid4().hex[:8]}-{n}" for n in range(24)]
     concurrently(lambda i: clients.new().get("/api/products", headers={"X-Request-ID": i}), ids)
-    clients.assert_spread()
+    assert_spread(shop, clients)
     for host in shop.hosts:  # and each host's own log says so
         assert logged(host, *(f"[{i}]" for i in ids)), host.netloc
     # A client from another address: the hosts log it (from X-Forwarded-For), not nginx.
@@ -217,7 +103,9 @@ def logged(host: Host, *texts: str) -> bool:
     return False
 
 
-def test_concurrent_transfers_keep_the_total_and_overdraw_no_one(clients: Clients) -> None:
+def test_concurrent_transfers_keep_the_total_and_overdraw_no_one(
+    shop: Deployment, clients: Clients
+) -> None:
     users = customers(clients, 6)
     concurrently(lambda user: user.deposit(10_000), users)
     accounts = [user.account_id for user in users]
@@ -248,7 +136,7 @@ def test_concurrent_transfers_keep_the_total_and_overdraw_no_one(clients: Client
     assert sum(balances.values()) == len(users) * 10_000
     assert min(balances.values()) >= 0
     assert balances == expected  # every 201 counted once, every 409 changed nothing
-    clients.assert_spread()
+    assert_spread(shop, clients)
 
 
 def test_orders_sell_the_stock_once_and_charge_each_card_order_once(
@@ -316,10 +204,12 @@ def test_orders_sell_the_stock_once_and_charge_each_card_order_once(
             )
             assert (retry.status_code, retry.json()) == (201, response.json())
     assert len(shop.charges()) == charges_before + len(card_orders)
-    clients.assert_spread()
+    assert_spread(shop, clients)
 
 
-def test_concurrent_orders_in_one_web_session_are_all_remembered(clients: Clients) -> None:
+def test_concurrent_orders_in_one_web_session_are_all_remembered(
+    shop: Deployment, clients: Clients
+) -> None:
     product_id = add_product(clients, price=1, stock=1_000)
     buyer = Customer(clients)
     buyer.deposit(1_000)
@@ -337,7 +227,7 @@ def test_concurrent_orders_in_one_web_session_are_all_remembered(clients: Client
     remembered = buyer.session_order_ids()
     assert len(remembered) == len(set(remembered))
     assert sorted(remembered) == sorted(r.json()["id"] for r in answers)
-    clients.assert_spread()
+    assert_spread(shop, clients)
 
 
 def test_logging_out_reaches_every_worker_of_every_host(shop: Deployment, clients: Clients) -> None:
@@ -367,7 +257,7 @@ def test_logging_out_reaches_every_worker_of_every_host(shop: Deployment, client
     # And logging out ends the first: its old cookie is a 401 everywhere.
     assert user.client.delete("/api/session", headers=csrf).status_code == 204
     assert answers(kept) == {401: every}
-    clients.assert_spread()
+    assert_spread(shop, clients)
 
 
 def straight_to_every_worker(host: Host, cookies: httpx.Cookies) -> Counter[int]:
