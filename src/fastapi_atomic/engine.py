@@ -21,12 +21,20 @@ take the one connection of a writer engine of their own (:func:`writer_engine`):
 writers queue for it in arrival order, in the fair pool, and the busy handler is left to the
 rare case of two processes on one file.
 
+Behind a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``), each
+transaction may run on a different server connection, so nothing may outlive one: asyncpg's
+and SQLAlchemy's prepared-statement caches are turned off and each statement SQLAlchemy
+prepares gets a name of its own (``transaction_pooling=True``), as the SQLAlchemy asyncpg
+documentation describes. A statement is then parsed once per execution: the price of the
+pooler, paid on the database server's CPU.
+
 Bound values never reach a log: ``hide_parameters`` is on, so a failed statement's error (and
 its traceback in the server log) shows the SQL, not the e-mail or password hash it carried.
 """
 
 from __future__ import annotations
 
+import uuid
 import weakref
 from typing import Any
 
@@ -43,6 +51,15 @@ SQLITE_BEGIN_OPTION = "fastapi_atomic_sqlite_begin"
 
 #: the writer engine of each SQLite file engine made by :func:`create_engine`
 _WRITERS: weakref.WeakKeyDictionary[Engine, AsyncEngine] = weakref.WeakKeyDictionary()
+#: the engines made with ``transaction_pooling=True``
+_TRANSACTION_POOLED: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def transaction_pooled(engine: AsyncEngine) -> bool:
+    """Whether ``engine`` reaches its server through a pooler in transaction mode: then no
+    statement may run outside a transaction, where the pooler may prepare it on one server
+    connection and execute it on another."""
+    return engine.sync_engine in _TRANSACTION_POOLED
 
 
 def writer_engine(engine: AsyncEngine) -> AsyncEngine:
@@ -60,14 +77,20 @@ def create_engine(
     pool_pre_ping: bool = False,
     sqlite_busy_timeout_ms: int = 5000,
     sqlite_inline: bool = True,
+    transaction_pooling: bool = False,
     **kwargs: Any,
 ) -> AsyncEngine:
     """SQLAlchemy's ``create_async_engine`` with the defaults above; any argument it takes can
     be given. A ``poolclass`` given replaces the fair pool; the pool settings apply to queue
     pools (an in-memory SQLite database keeps SQLAlchemy's single-connection pool).
     ``sqlite_inline``: on a SQLite file with aiosqlite, statements run on the event loop
-    (:mod:`.sqlite`) unless an ``async_creator`` is given."""
+    (:mod:`.sqlite`) unless an ``async_creator`` is given. ``transaction_pooling``: the
+    PostgreSQL server is reached through a pooler in transaction mode (asyncpg only)."""
     parsed = make_url(url)
+    if transaction_pooling:
+        if parsed.get_driver_name() != "asyncpg":
+            raise ValueError("transaction_pooling=True is for postgresql+asyncpg URLs")
+        kwargs["connect_args"] = _unprepared_connect_args() | kwargs.get("connect_args", {})
     in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
     inline = (
         sqlite_inline
@@ -91,6 +114,8 @@ def create_engine(
         )
     kwargs.setdefault("hide_parameters", True)
     engine = create_async_engine(url, **kwargs)
+    if transaction_pooling:
+        _TRANSACTION_POOLED.add(engine.sync_engine)
     if engine.dialect.name == "sqlite":
         # an inline connection waits for a lock in its thread, never in SQLite's busy handler
         busy_timeout_ms = 0 if inline else sqlite_busy_timeout_ms
@@ -114,6 +139,20 @@ def create_engine(
                 writer.sync_engine.dispose()
 
     return engine
+
+
+def _unprepared_connect_args() -> dict[str, Any]:
+    return {
+        "statement_cache_size": 0,  # asyncpg's own cache
+        "prepared_statement_cache_size": 0,  # SQLAlchemy's adapter's cache
+        "prepared_statement_name_func": _statement_name,
+    }
+
+
+def _statement_name() -> str:
+    """Unique across every client of the pooler: a name asyncpg numbers per connection would
+    collide on a server connection another client prepared it on."""
+    return f"__atomic_{uuid.uuid4().hex}__"
 
 
 def configure_sqlite(engine: AsyncEngine, *, busy_timeout_ms: int = 5000) -> None:

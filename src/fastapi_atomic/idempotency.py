@@ -13,7 +13,11 @@ Follows draft-ietf-httpapi-idempotency-key-header and Stripe's practice:
   in an exception or a failed COMMIT after a phase committed keeps its key, unlocked, so the
   client's retry runs at once and finishes what the first attempt began;
 - a repeat while the first still runs is 409 with ``Retry-After`` saying when its lease ends;
-  a key left locked by a process that died is taken over then.
+  a key left locked by a process that died is taken over then;
+- a request whose database went away (a failover, a restart) cannot release its key when it
+  ends: the release is tried again in the background until the database answers or the lease
+  ends, so the client's retry is not refused for the rest of the lease once the database is
+  back.
 
 Usage: give the keys to the middleware, and claim the request's key in a dependency of the
 app's own, which knows who owns it (keys are per user)::
@@ -32,8 +36,10 @@ app's own, which knows who owns it (keys are per user)::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -56,14 +62,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
 
 from .dependencies import UNIT_OF_WORK
 from .exceptions import ConfigurationError, ReplayResponse
 from .middleware import IDEMPOTENCY_KEYS, KEPT_BODY
-from .retry import retry_reason
+from .retry import CONNECTION_LOST, database_unavailable, retry_reason
 from .unit_of_work import SqlAlchemyUnitOfWork
 
 HEADER = "Idempotency-Key"
+logger = logging.getLogger("fastapi_atomic")
+
 RELEASE_STATUSES = frozenset({401, 403, 409, 422, 429})
 _KEPT_HEADERS = frozenset({b"content-type", b"content-language", b"location"})
 
@@ -115,6 +124,8 @@ class IdempotencyKeys:
         self.ttl_seconds = ttl_seconds
         self.header = header
         self.clock = clock
+        #: releases waiting for the database to come back (kept: a task needs a reference)
+        self._deferred: set[asyncio.Task[None]] = set()
 
     async def claim(
         self, request: Request, owner: str, key: str | None = None
@@ -144,19 +155,26 @@ class IdempotencyKeys:
     # --- claiming ------------------------------------------------------------------
 
     async def _claim(self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey) -> None:
+        failure: Exception | None = None
         for _ in range(5):
             db = uow._independent_session()
             try:
                 async with db.begin():
                     if await self._try_claim(db, uow._request_id, claimed):
                         return
+                failure = None  # taken over by another request meanwhile: look again
             except IntegrityError:
-                continue  # a concurrent first request inserted it: look again
+                failure = None  # a concurrent first request inserted it: look again
             except Exception as exc:
                 if retry_reason(exc) is None:
                     raise
+                failure = exc
             finally:
                 await db.close()
+        if failure is not None:
+            # Not a request in progress: the database kept failing (a lost connection each
+            # time, a server going away). The middleware answers what that is (a 503).
+            raise failure
         raise self._in_progress(retry_after=1)
 
     async def _try_claim(self, db: AsyncSession, request_id: str, claimed: IdempotencyKey) -> bool:
@@ -242,6 +260,23 @@ class IdempotencyKeys:
             statement = delete(t).where(ours)
         else:
             statement = None
+        try:
+            await self._finish(uow, claimed, statement)
+        except Exception as exc:
+            if not (database_unavailable(exc) or retry_reason(exc) == CONNECTION_LOST):
+                raise
+            deadline = self.clock() + self.lease_seconds
+            task = asyncio.create_task(self._finish_later(uow, claimed, statement, deadline))
+            self._deferred.add(task)
+            task.add_done_callback(self._deferred.discard)
+            logger.warning(
+                "idempotency key not released (the database did not answer); trying again"
+            )
+
+    async def _finish(
+        self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey, statement: Executable | None
+    ) -> None:
+        """Release the key (``statement``) or record the final response (None)."""
         db = uow._independent_session()
         try:
             async with db.begin():
@@ -251,6 +286,30 @@ class IdempotencyKeys:
                     await db.execute(statement)
         finally:
             await db.close()
+
+    async def _finish_later(
+        self,
+        uow: SqlAlchemyUnitOfWork,
+        claimed: IdempotencyKey,
+        statement: Executable | None,
+        deadline: float,
+    ) -> None:
+        """:meth:`_finish` again, backing off, until it works or the lease would have ended
+        (then a retry takes the key over anyway). Safe to repeat: each statement touches the
+        row only while this request still holds it."""
+        delay = 0.25
+        while self.clock() + delay < deadline:
+            await asyncio.sleep(delay)
+            try:
+                await self._finish(uow, claimed, statement)
+            except Exception as exc:
+                if not (database_unavailable(exc) or retry_reason(exc) == CONNECTION_LOST):
+                    logger.exception("idempotency key release failed; its lease will end it")
+                    return
+                delay = min(delay * 2, 5.0)
+            else:
+                logger.info("idempotency key released once the database answered")
+                return
 
     async def _write_response(
         self, db: AsyncSession, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey

@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session
 from starlette.datastructures import MutableHeaders
 
-from .engine import SQLITE_BEGIN_OPTION, writer_engine
+from .engine import SQLITE_BEGIN_OPTION, transaction_pooled, writer_engine
 from .exceptions import ConfigurationError, TooLate
 from .retry import CONNECTION_LOST, Backoff, retry_reason
 
@@ -332,7 +332,11 @@ class SqlAlchemyUnitOfWork(UnitOfWork):
 
     @property
     def _autocommit_engine(self) -> AsyncEngine:
-        """The engine in autocommit: for reads that need no transaction (one round trip)."""
+        """The engine in autocommit: for reads that need no transaction (one round trip).
+        Behind a pooler in transaction mode, the engine itself: a statement there needs a
+        transaction to keep its server connection from its preparation to its execution."""
+        if transaction_pooled(self._engine):
+            return self._engine
         return _engine_variant(self._engine, {"isolation_level": "AUTOCOMMIT"})
 
     @property

@@ -50,7 +50,11 @@ logger = logging.getLogger("shop")
 
 
 def build_engine(settings: Settings) -> AsyncEngine:
-    return create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    return create_engine(
+        settings.database_url,
+        pool_size=settings.db_pool_size,
+        transaction_pooling=settings.db_transaction_pooling,
+    )
 
 
 def watch_pools(engine: AsyncEngine) -> None:
@@ -64,14 +68,21 @@ def watch_pools(engine: AsyncEngine) -> None:
 
 def build_session_store(settings: Settings) -> WebSessionStore:
     if settings.session_store == "redis":
-        return RedisStore.from_url(
-            settings.redis_url,
-            prefix=f"{settings.redis_prefix}websession:",
-            cache=settings.session_cache,
-        )
+        prefix = f"{settings.redis_prefix}websession:"
+        if settings.redis_sentinels:
+            return RedisStore.from_sentinels(
+                settings.redis_sentinel_addresses(),
+                settings.redis_sentinel_service,
+                url=settings.redis_url,
+                prefix=prefix,
+                cache=settings.session_cache,
+            )
+        return RedisStore.from_url(settings.redis_url, prefix=prefix, cache=settings.session_cache)
     if settings.session_store == "memory":
         return MemoryStore()
-    return SqlStore(web_sessions, cache=settings.session_cache)
+    return SqlStore(
+        web_sessions, cache=settings.session_cache, listen_url=settings.database_direct_url
+    )
 
 
 def build_session_manager(settings: Settings, store: WebSessionStore) -> WebSessionManager:

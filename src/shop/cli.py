@@ -134,8 +134,8 @@ def serve(
         )
         raise typer.Exit(2)
     settings.signing_keys()  # fail or create the development key before workers fork
-    with _database(settings.database_url):
-        upgrade_sync(settings.database_url)
+    with _database(settings.direct_database_url):
+        upgrade_sync(settings.direct_database_url)
         if settings.admin_email and settings.admin_password:
             # Once, here, before the workers start: each then finds the administrator there,
             # where several creating it at once on SQLite raced for its single write lock.
@@ -213,7 +213,7 @@ def db_upgrade() -> None:
     """Apply pending migrations (Alembic), nothing else."""
     from .db.migrate import upgrade_sync
 
-    url = _settings().database_url
+    url = _settings().direct_database_url
     with _database(url):
         upgrade_sync(url)
     typer.echo("database schema is up to date")
@@ -229,9 +229,9 @@ def seed(demo: Annotated[bool, typer.Option("--demo", help="Demo data.")] = Fals
         typer.echo("nothing to do: pass --demo", err=True)
         raise typer.Exit(2)
     settings = _settings()
-    with _database(settings.database_url):
-        upgrade_sync(settings.database_url)
-        created = asyncio.run(seed_demo(settings.database_url))
+    with _database(settings.direct_database_url):
+        upgrade_sync(settings.direct_database_url)
+        created = asyncio.run(seed_demo(settings.direct_database_url))
     typer.echo("\n".join(f"created {what}" for what in created) or "demo data already present")
 
 
@@ -347,10 +347,10 @@ def admin_create(
         finally:
             await engine.dispose()
 
-    with _database(settings.database_url):
+    with _database(settings.direct_database_url):
         from .db.migrate import upgrade_sync
 
-        upgrade_sync(settings.database_url)
+        upgrade_sync(settings.direct_database_url)
         asyncio.run(create())
     typer.echo(f"administrator {email} is ready")
 

@@ -28,8 +28,21 @@ class Settings(BaseSettings):
         default_factory=lambda data: "json" if data.get("env") == "production" else "text"
     )
     database_url: str = "sqlite+aiosqlite:///./shop.db"
+    #: ``database_url`` is a pooler in transaction mode (PgBouncer's ``pool_mode = transaction``):
+    #: no prepared statement is kept past its transaction
+    db_transaction_pooling: bool = False
+    #: the database reached past any pooler, for what needs a server session of its own: schema
+    #: migrations and the web-session cache's LISTEN. With several hosts
+    #: (``?host=a:5432&host=b:5432&target_session_attrs=primary``) it follows a failover.
+    #: Unset: ``database_url``.
+    database_direct_url: str | None = None
     session_store: Literal["sql", "redis", "memory"] = "sql"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Redis Sentinels (``host:port``, comma-separated) that name the Redis master of
+    #: ``redis_sentinel_service``; when set, ``redis_url`` gives only the database number,
+    #: user and password
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    redis_sentinel_service: str = "mymaster"
     #: key prefix in Redis, so several shops (or test runs) can share one server
     redis_prefix: str = "shop:"
     secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
@@ -73,11 +86,20 @@ class Settings(BaseSettings):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
 
-    @field_validator("forwarded_allow_ips", mode="before")
+    @field_validator("forwarded_allow_ips", "redis_sentinels", mode="before")
     @classmethod
     def _split_addresses(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _host_and_port(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"{item!r} is not host:port")
         return value
 
     @field_validator("forwarded_allow_ips")
@@ -85,6 +107,23 @@ class Settings(BaseSettings):
     def _addresses_or_networks(cls, value: list[str]) -> list[str]:
         """Checked here: uvicorn takes a malformed entry as a literal that never matches."""
         return [trusted_proxy(item) for item in value]
+
+    @model_validator(mode="after")
+    def _pooler_needs_postgres(self) -> Settings:
+        if self.db_transaction_pooling:
+            if not self.database_url.startswith("postgresql+asyncpg://"):
+                raise ValueError(
+                    "SHOP_DB_TRANSACTION_POOLING=true needs a postgresql+asyncpg:// "
+                    "SHOP_DATABASE_URL (the pooler's address)."
+                )
+            if self.session_store == "sql" and self.session_cache and not self.database_direct_url:
+                raise ValueError(
+                    "SHOP_DB_TRANSACTION_POOLING=true: the web-session cache listens for "
+                    "changes on a connection of its own, which a pooler in transaction mode "
+                    "cannot give; set SHOP_DATABASE_DIRECT_URL to the database itself (or "
+                    "SHOP_SESSION_CACHE=false)."
+                )
+        return self
 
     @model_validator(mode="after")
     def _production_is_safe(self) -> Settings:
@@ -96,6 +135,15 @@ class Settings(BaseSettings):
             if not self.cookie_secure:
                 raise ValueError("SHOP_ENV=production refuses SHOP_COOKIE_SECURE=false.")
         return self
+
+    @property
+    def direct_database_url(self) -> str:
+        """Where migrations and the cache's LISTEN go: past any pooler."""
+        return self.database_direct_url or self.database_url
+
+    def redis_sentinel_addresses(self) -> list[tuple[str, int]]:
+        pairs = (item.rpartition(":") for item in self.redis_sentinels)
+        return [(host, int(port)) for host, _, port in pairs]
 
     def signing_keys(self) -> list[str]:
         """The key ring; in development a key generated once and kept in a local file."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .cache import DELETED, RecordCache, message
@@ -113,18 +113,35 @@ class PostgresFeed(InvalidationFeed):
     would serve sessions that changed.
     """
 
-    def __init__(self, cache: RecordCache, engine: AsyncEngine, channel: str, trigger: str) -> None:
+    def __init__(
+        self,
+        cache: RecordCache,
+        engine: AsyncEngine,
+        channel: str,
+        trigger: str,
+        *,
+        url: str | URL | None = None,
+    ) -> None:
         super().__init__(cache)
         self.channel = channel
         self.trigger = trigger
-        url = engine.url.set(drivername="postgresql")
-        self._dsn = url.render_as_string(hide_password=False)
+        # The dialect's own reading of the URL: several hosts and target_session_attrs
+        # included, which a URL rendered back to a DSN would lose.
+        arguments, options = engine.dialect.create_connect_args(
+            make_url(url) if url is not None else engine.url
+        )
+        connect_options = dict(options)
+        for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+            connect_options.pop(adapter_only, None)
+        connect_options.setdefault("timeout", self.heartbeat)
+        self._connect_arguments = (list(arguments), connect_options)
 
     @contextlib.asynccontextmanager
     async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
         import asyncpg  # type: ignore[import-untyped]  # PostgreSQL only, where it is the driver
 
-        raw = await asyncpg.connect(self._dsn, timeout=self.heartbeat)
+        arguments, options = self._connect_arguments
+        raw = await asyncpg.connect(*arguments, **options)
         try:
             query = "SELECT count(*) FROM pg_trigger WHERE tgname = $1"
             if not await raw.fetchval(query, self.trigger):

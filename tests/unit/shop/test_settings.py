@@ -66,3 +66,41 @@ def test_the_admin_email_follows_the_log_in_forms_rule(email: str) -> None:
 
 def test_the_admin_email_is_kept_lower_cased_like_every_users() -> None:
     assert make(admin_email="Admin@Example.COM").admin_email == "admin@example.com"
+
+
+POOLER = "postgresql+asyncpg://shop@pgbouncer:6432/shop"
+DIRECT = "postgresql+asyncpg://shop@/shop?host=db1:5432&host=db2:5432&target_session_attrs=primary"
+
+
+def test_transaction_pooling_needs_postgres_through_asyncpg() -> None:
+    with pytest.raises(ValidationError, match="SHOP_DB_TRANSACTION_POOLING=true needs a postgresql"):
+        make(db_transaction_pooling=True)
+
+
+def test_transaction_pooling_with_the_sql_cache_needs_a_direct_url() -> None:
+    with pytest.raises(ValidationError, match="set SHOP_DATABASE_DIRECT_URL"):
+        make(database_url=POOLER, db_transaction_pooling=True)
+    # without the cache, or with the Redis store, nothing needs a session of its own
+    make(database_url=POOLER, db_transaction_pooling=True, session_cache=False)
+    make(database_url=POOLER, db_transaction_pooling=True, session_store="redis")
+
+
+def test_migrations_and_the_feed_go_past_the_pooler() -> None:
+    pooled = make(database_url=POOLER, db_transaction_pooling=True, database_direct_url=DIRECT)
+    assert pooled.direct_database_url == DIRECT
+    assert make(database_url=POOLER).direct_database_url == POOLER
+
+
+def test_sentinels_are_comma_separated_host_and_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOP_REDIS_SENTINELS", "10.0.0.1:26379, sentinel-b:26380,")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.redis_sentinel_addresses() == [("10.0.0.1", 26379), ("sentinel-b", 26380)]
+
+
+@pytest.mark.parametrize("value", ["sentinel-a", "sentinel-a:port", ":26379"])
+def test_a_sentinel_without_host_and_port_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("SHOP_REDIS_SENTINELS", value)
+    with pytest.raises(ValidationError, match="is not host:port"):
+        Settings(_env_file=None)  # type: ignore[call-arg]

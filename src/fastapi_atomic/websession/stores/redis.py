@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from redis import exceptions as redis_errors
@@ -127,6 +127,38 @@ class RedisStore(WebSessionStore):
         """A store with a client of its own, made with :meth:`client_options`; ``options`` go
         to ``Redis.from_url`` as well (``client_name=``, ``max_connections=``...)."""
         client = Redis.from_url(url, **(cls.client_options(timeout) | options))
+        return cls(client, prefix=prefix, cache=cache, feed_timeout=feed_timeout)
+
+    @classmethod
+    def from_sentinels(
+        cls,
+        sentinels: Sequence[tuple[str, int]],
+        service_name: str,
+        *,
+        url: str | None = None,
+        prefix: str = "websession:",
+        cache: bool | RecordCache = False,
+        timeout: float = 2.0,
+        feed_timeout: float = 3.0,
+        **options: Any,
+    ) -> RedisStore:
+        """A store whose client asks the Sentinels which server is the master of
+        ``service_name``, and asks again when a connection breaks or the server it reached
+        has become a replica: after a failover, the next command reaches the new master.
+
+        ``url`` (``redis://user:password@/2``) gives only the database, user and password:
+        the host is the Sentinels' answer.
+        """
+        from redis.asyncio.sentinel import Sentinel
+
+        connection = _url_credentials(url) if url is not None else {}
+        client_options = cls.client_options(timeout) | connection | options
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(sentinels),
+            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout},
+            **client_options,
+        )
+        client = sentinel.master_for(service_name)
         return cls(client, prefix=prefix, cache=cache, feed_timeout=feed_timeout)
 
     # --- the store contract --------------------------------------------------------------
@@ -271,3 +303,12 @@ class RedisStore(WebSessionStore):
                 await pipe.execute()
 
         await self._call(add)
+
+
+def _url_credentials(url: str) -> dict[str, Any]:
+    """The database, user and password of a ``redis://`` URL, for a client whose host comes
+    from elsewhere (the Sentinels)."""
+    from redis.asyncio.connection import parse_url
+
+    parsed = parse_url(url)
+    return {key: parsed[key] for key in ("db", "username", "password") if key in parsed}

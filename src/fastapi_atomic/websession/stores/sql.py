@@ -56,17 +56,28 @@ class SqlStore(WebSessionStore):
     log of :func:`.sql_trigger.sqlite_change_log`, which the feed looks at every
     ``poll_interval`` seconds. Without them, or on a SQLite database in memory (which no other
     connection could watch), every read goes to the database.
+
+    ``listen_url``: where the PostgreSQL feed's LISTEN connection goes, when not to the
+    engine's URL. A LISTEN needs a server session of its own, which a pooler in transaction
+    mode does not give: point it past the pooler, at the primary (a URL naming every host with
+    ``target_session_attrs=primary`` follows a failover).
     """
 
     kind = "sql"
 
     def __init__(
-        self, table: Table, *, cache: bool | RecordCache = False, poll_interval: float = 0.002
+        self,
+        table: Table,
+        *,
+        cache: bool | RecordCache = False,
+        poll_interval: float = 0.002,
+        listen_url: str | None = None,
     ) -> None:
         super().__init__()
         self.table = table
         self.cache = RecordCache.from_option(cache)
         self.poll_interval = poll_interval
+        self.listen_url = listen_url
         self._feed: InvalidationFeed | None = None
         # Built once, with bind parameters: these run on every request that saves a session.
         self._select = select(table.c.record).where(table.c.key == bindparam("key"))
@@ -155,7 +166,9 @@ class SqlStore(WebSessionStore):
             return
         if engine.dialect.name == "postgresql":
             trigger = trigger_name(self.table)
-            self._feed = PostgresFeed(self.cache, engine, notify_channel(self.table), trigger)
+            self._feed = PostgresFeed(
+                self.cache, engine, notify_channel(self.table), trigger, url=self.listen_url
+            )
         elif engine.dialect.name == "sqlite":
             self._feed = SqliteFeed.for_engine(
                 self.cache,
