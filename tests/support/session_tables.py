@@ -11,12 +11,13 @@ from fastapi_atomic.websession.stores.sql_trigger import trigger_name
 SESSIONS = web_sessions_table(MetaData(), name="store_test_sessions")
 
 
-async def with_table(engine: AsyncEngine) -> None:
-    """The table, empty, and on PostgreSQL its change trigger."""
+async def with_table(engine: AsyncEngine, *, trigger: bool = False) -> None:
+    """The table, empty; on PostgreSQL with ``trigger``, the change trigger too (for a
+    ``SqlStore(notify="trigger")``: by default the store sends its own notifications)."""
     async with engine.begin() as connection:
         await connection.run_sync(SESSIONS.drop, checkfirst=True)
         await connection.run_sync(SESSIONS.create)
-        if connection.dialect.name == "postgresql":
+        if trigger and connection.dialect.name == "postgresql":
             for statement in postgres_notify_trigger(SESSIONS):
                 await connection.execute(text(statement))
 

@@ -105,12 +105,29 @@ class InvalidationFeed:
         raise NotImplementedError
 
 
-class PostgresFeed(InvalidationFeed):
-    """LISTEN on its own asyncpg connection (outside the app's pool) for the trigger's NOTIFYs.
+def asyncpg_connect_arguments(
+    engine: AsyncEngine, url: str | URL | None, timeout: float
+) -> tuple[list[Any], dict[str, Any]]:
+    """What ``asyncpg.connect`` takes for ``url`` (default: the engine's), read by the
+    engine's dialect: several hosts and ``target_session_attrs`` included, which a URL
+    rendered back to a DSN would lose."""
+    arguments, options = engine.dialect.create_connect_args(
+        make_url(url) if url is not None else engine.url
+    )
+    connect_options = dict(options)
+    for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+        connect_options.pop(adapter_only, None)
+    connect_options.setdefault("timeout", timeout)
+    return list(arguments), connect_options
 
-    It goes live only once it has found the trigger, checked on every (re)connection: the
-    database may not answer when the app starts, and a cache without the trigger's messages
-    would serve sessions that changed.
+
+class PostgresFeed(InvalidationFeed):
+    """LISTEN on its own asyncpg connection (outside the app's pool) for the NOTIFYs of
+    :class:`PostgresPublisher` or of the trigger.
+
+    With a ``trigger`` named, it goes live only once it has found the trigger, checked on
+    every (re)connection: the database may not answer when the app starts, and a cache
+    without the trigger's messages would serve sessions that changed.
     """
 
     def __init__(
@@ -118,23 +135,14 @@ class PostgresFeed(InvalidationFeed):
         cache: RecordCache,
         engine: AsyncEngine,
         channel: str,
-        trigger: str,
+        trigger: str | None,
         *,
         url: str | URL | None = None,
     ) -> None:
         super().__init__(cache)
         self.channel = channel
         self.trigger = trigger
-        # The dialect's own reading of the URL: several hosts and target_session_attrs
-        # included, which a URL rendered back to a DSN would lose.
-        arguments, options = engine.dialect.create_connect_args(
-            make_url(url) if url is not None else engine.url
-        )
-        connect_options = dict(options)
-        for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
-            connect_options.pop(adapter_only, None)
-        connect_options.setdefault("timeout", self.heartbeat)
-        self._connect_arguments = (list(arguments), connect_options)
+        self._connect_arguments = asyncpg_connect_arguments(engine, url, self.heartbeat)
 
     @contextlib.asynccontextmanager
     async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
@@ -144,7 +152,7 @@ class PostgresFeed(InvalidationFeed):
         raw = await asyncpg.connect(*arguments, **options)
         try:
             query = "SELECT count(*) FROM pg_trigger WHERE tgname = $1"
-            if not await raw.fetchval(query, self.trigger):
+            if self.trigger is not None and not await raw.fetchval(query, self.trigger):
                 raise TriggerMissing(
                     f"trigger {self.trigger} is missing: create it in a migration "
                     "(postgres_notify_trigger); the cache stays off until it is there"
@@ -177,6 +185,106 @@ class PostgresFeed(InvalidationFeed):
             if change is None:
                 raise ConnectionError("the LISTEN connection was closed")
             yield change
+
+
+class PostgresPublisher:
+    """Sends the SQL store's change messages on PostgreSQL, in transactions of its own, on a
+    connection of its own (outside the app's pool, past any pooler).
+
+    A NOTIFY takes a lock that every notifying transaction holds through its COMMIT: sent from
+    the writing transaction (a trigger), it makes every COMMIT that writes a web session wait
+    for every other one, WAL flush included. Sent here instead, the writing transaction never
+    takes that lock; the messages of concurrent requests go out together, in one transaction
+    that does not wait for its WAL flush (``synchronous_commit = off``: a NOTIFY has nothing to
+    keep, and a server that crashes drops every listener anyway).
+
+    The store publishes *before* the writing transaction commits, so no crash can commit a
+    change whose message was never sent. A message that arrives before its change commits is
+    harmless: it evicts, and leaves a tombstone that refuses the older record a reader may
+    still find (see :mod:`.cache`); if that transaction rolls back, the key merely goes
+    uncached until its next change.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        channel: str,
+        *,
+        url: str | URL | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.channel = channel
+        self.timeout = timeout
+        arguments, options = asyncpg_connect_arguments(engine, url, timeout)
+        self._connect_arguments = (arguments, options)
+        self._connection: Any = None
+        self._waiting: list[tuple[list[str], asyncio.Future[None]]] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def publish(self, messages: Sequence[str]) -> None:
+        """Send ``messages``; return once the server has them (raise if it does not answer
+        within ``timeout``)."""
+        if not messages:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(messages), done))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_all(), name="PostgresPublisher")
+        await asyncio.shield(done)
+
+    async def _send_all(self) -> None:
+        """Everything waiting, a batch per round trip: what came in meanwhile goes next."""
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            messages = [message for messages, _ in batch for message in messages]
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await self._send(messages)
+            except BaseException as exc:
+                self._drop_connection()
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc if isinstance(exc, Exception) else ConnectionError())
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _send(self, messages: list[str]) -> None:
+        import asyncpg  # PostgreSQL only, where it is the driver
+
+        if self._connection is None or self._connection.is_closed():
+            arguments, options = self._connect_arguments
+            self._connection = await asyncpg.connect(*arguments, **options)
+        # One round trip, in the simple protocol (no prepared statement, no session setting:
+        # the URL may be a pooler's in transaction mode), the messages as literals.
+        notifies = ", ".join(
+            f"pg_notify({_literal(self.channel)}, {_literal(m)})" for m in messages
+        )
+        await self._connection.execute(
+            f"BEGIN; SET LOCAL synchronous_commit TO off; SELECT {notifies}; COMMIT"
+        )
+
+    def _drop_connection(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def aclose(self) -> None:
+        if self._sender is not None and not self._sender.done():
+            self._sender.cancel()
+            await asyncio.wait({self._sender}, timeout=1.0)
+        self._drop_connection()
+
+
+def _literal(text: str) -> str:
+    """A SQL string literal (``standard_conforming_strings``, PostgreSQL's default since 9.1:
+    a quote is doubled, a backslash is itself)."""
+    if "\x00" in text:
+        raise ValueError("a NUL cannot be sent in a notification")
+    return "'" + text.replace("'", "''") + "'"
 
 
 class RedisFeed(InvalidationFeed):

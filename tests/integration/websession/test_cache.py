@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from redis.asyncio import Redis
+from session_tables import with_table
 from sqlalchemy import MetaData, Table, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -230,7 +231,7 @@ async def test_without_the_trigger_the_sql_cache_stays_off(postgres_engine: Asyn
     table = web_sessions_table(MetaData(), name="web_sessions_without_trigger")
     async with postgres_engine.begin() as connection:
         await connection.run_sync(table.create)
-    store = SqlStore(table, cache=True)
+    store = SqlStore(table, cache=True, notify="trigger")
     await store.start(postgres_engine)
     try:
         assert store.cache is not None and not store.cache.live
@@ -340,7 +341,8 @@ async def test_the_trigger_says_which_version_a_change_made(
     postgres_engine: AsyncEngine, sessions_table: Table
 ) -> None:
     """The payloads the SQL store's feed reads: "<key> <version>", "<key> -", the bare key."""
-    store = SqlStore(sessions_table)
+    await with_table(postgres_engine, trigger=True)
+    store = SqlStore(sessions_table, notify="trigger")
     url = postgres_engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     import asyncpg  # type: ignore[import-untyped]
 

@@ -81,12 +81,41 @@ async def test_0006_changes_nothing_on_postgres(postgres_url: str) -> None:
 
     try:
         at_head = await state()
-        assert at_head[0] is None and at_head[2] == 1
+        await migrate(engine, postgres_url, "downgrade", "0006")
+        at_0006 = await state()
+        assert at_0006[0] is None and at_0006[2] == 1  # the trigger, no change log
         await migrate(engine, postgres_url, "downgrade", "0005")
-        assert await state() == at_head
+        assert await state() == at_0006
     finally:
         await upgrade(postgres_url)
         assert await state() == at_head
+        await engine.dispose()
+
+
+async def test_0008_drops_the_notify_trigger_on_postgres_and_its_downgrade_restores_it(
+    postgres_url: str,
+) -> None:
+    """The store sends the notifications since 0008: no trigger may send them twice."""
+    engine = create_async_engine(postgres_url)
+
+    async def trigger_and_function() -> tuple[int, int]:
+        async with engine.connect() as connection:
+            name = {"name": trigger_name(web_sessions)}
+            triggers = await connection.scalar(
+                text("SELECT count(*) FROM pg_trigger WHERE tgname = :name"), name
+            )
+            functions = await connection.scalar(
+                text("SELECT count(*) FROM pg_proc WHERE proname = :name"), name
+            )
+        return int(triggers or 0), int(functions or 0)
+
+    try:
+        assert await trigger_and_function() == (0, 0)
+        await migrate(engine, postgres_url, "downgrade", "0007")
+        assert await trigger_and_function() == (1, 1)
+    finally:
+        await upgrade(postgres_url)
+        assert await trigger_and_function() == (0, 0)
         await engine.dispose()
 
 

@@ -9,6 +9,7 @@ migrations create the table.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from sqlalchemy import (
     Column,
@@ -26,9 +27,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ...engine import transaction_pooled
+from ...exceptions import ServiceUnavailable
 from ...unit_of_work import SqlAlchemyUnitOfWork, UnitOfWork
-from ..cache import RecordCache
-from ..feeds import InvalidationFeed, PostgresFeed, SqliteFeed
+from ..cache import DELETED, RecordCache, message
+from ..feeds import InvalidationFeed, PostgresFeed, PostgresPublisher, SqliteFeed
 from ..record import SessionRecord
 from .base import WebSessionStore
 from .sql_trigger import change_log_name, notify_channel, sqlite_trigger_names, trigger_name
@@ -57,10 +60,21 @@ class SqlStore(WebSessionStore):
     ``poll_interval`` seconds. Without them, or on a SQLite database in memory (which no other
     connection could watch), every read goes to the database.
 
-    ``listen_url``: where the PostgreSQL feed's LISTEN connection goes, when not to the
-    engine's URL. A LISTEN needs a server session of its own, which a pooler in transaction
-    mode does not give: point it past the pooler, at the primary (a URL naming every host with
-    ``target_session_attrs=primary`` follows a failover).
+    On PostgreSQL, ``notify`` says who tells the other processes of a change:
+
+    - ``"store"`` (the default): the store itself, just before the writing transaction
+      commits, in a transaction of its own (:class:`.feeds.PostgresPublisher`), so that
+      COMMITs that write web sessions do not wait for each other on NOTIFY's lock. Every
+      process that writes web sessions must run the store (``start()``, as the manager's
+      lifespan does); a change made around it (a hand-written UPDATE) is seen by the other
+      processes' caches only after their ``max_age``.
+    - ``"trigger"``: the trigger of :func:`.sql_trigger.postgres_notify_trigger`, in the
+      writing transaction: it sees every change, however made, at the price of that lock.
+
+    ``listen_url``: where the PostgreSQL feed's LISTEN connection (and the store's own
+    NOTIFYs) go, when not to the engine's URL. A LISTEN needs a server session of its own,
+    which a pooler in transaction mode does not give: point it past the pooler, at the primary
+    (a URL naming every host with ``target_session_attrs=primary`` follows a failover).
     """
 
     kind = "sql"
@@ -72,12 +86,15 @@ class SqlStore(WebSessionStore):
         cache: bool | RecordCache = False,
         poll_interval: float = 0.002,
         listen_url: str | None = None,
+        notify: Literal["store", "trigger"] = "store",
     ) -> None:
         super().__init__()
         self.table = table
         self.cache = RecordCache.from_option(cache)
         self.poll_interval = poll_interval
         self.listen_url = listen_url
+        self.notify = notify
+        self._publisher: PostgresPublisher | None = None
         self._feed: InvalidationFeed | None = None
         # Built once, with bind parameters: these run on every request that saves a session.
         self._select = select(table.c.record).where(table.c.key == bindparam("key"))
@@ -131,11 +148,15 @@ class SqlStore(WebSessionStore):
                 "new_expires_at": self.expires_at(new),
             },
         )
-        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        changed = bool(result.rowcount == 1)  # type: ignore[attr-defined]
+        if changed:
+            self._announce(uow, [message(key, new.version)])
+        return changed
 
     async def delete(self, key: str, uow: UnitOfWork) -> None:
         await uow.db.execute(self._delete, {"key": key})
         self.uncache_on_commit(uow, key)
+        self._announce(uow, [message(key, DELETED)])
 
     async def list_for_user(self, user_id: str, uow: UnitOfWork) -> list[tuple[str, SessionRecord]]:
         rows = await uow.db.execute(
@@ -153,7 +174,26 @@ class SqlStore(WebSessionStore):
         keys = result.scalars().all()
         for key in keys:
             self.uncache_on_commit(uow, key)
+        self._announce(uow, [message(key, DELETED) for key in keys])
         return len(keys)
+
+    def _announce(self, uow: UnitOfWork, messages: list[str]) -> None:
+        """Have the publisher send ``messages`` before ``uow`` commits (``notify="store"``).
+        A publisher that does not answer fails the request before COMMIT: a change no other
+        process would hear of is not made."""
+        publisher = self._publisher
+        if publisher is None or not messages or not isinstance(uow, SqlAlchemyUnitOfWork):
+            return
+
+        async def publish() -> None:
+            try:
+                await publisher.publish(messages)
+            except Exception as exc:
+                raise ServiceUnavailable(
+                    "The web-session change feed is unavailable; try again."
+                ) from exc
+
+        uow._before_commit(publish)
 
     async def purge_expired(self, uow: UnitOfWork) -> int:
         result = await uow.db.execute(
@@ -162,13 +202,22 @@ class SqlStore(WebSessionStore):
         return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
     async def start(self, engine: AsyncEngine) -> None:
+        channel = notify_channel(self.table)
+        postgres = engine.dialect.name == "postgresql"
+        if postgres and self.notify == "store" and self._publisher is None:
+            # whether or not this process caches: the others may
+            self._publisher = PostgresPublisher(engine, channel, url=self.listen_url)
         if self.cache is None or self._feed is not None:
             return
-        if engine.dialect.name == "postgresql":
-            trigger = trigger_name(self.table)
-            self._feed = PostgresFeed(
-                self.cache, engine, notify_channel(self.table), trigger, url=self.listen_url
+        if postgres and self.listen_url is None and transaction_pooled(engine):
+            logger.warning(
+                "web-session cache off: a LISTEN through a pooler in transaction mode hears "
+                "nothing; give the store a listen_url past the pooler"
             )
+            return
+        if postgres:
+            trigger = trigger_name(self.table) if self.notify == "trigger" else None
+            self._feed = PostgresFeed(self.cache, engine, channel, trigger, url=self.listen_url)
         elif engine.dialect.name == "sqlite":
             self._feed = SqliteFeed.for_engine(
                 self.cache,
@@ -190,3 +239,6 @@ class SqlStore(WebSessionStore):
         if self._feed is not None:
             await self._feed.aclose()
             self._feed = None
+        if self._publisher is not None:
+            await self._publisher.aclose()
+            self._publisher = None
