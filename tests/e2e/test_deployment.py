@@ -10,7 +10,6 @@ every worker of every host at once, though each had the session in its cache.
 
 from __future__ import annotations
 
-import os
 import random
 import time
 import uuid
@@ -21,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 from deployment import NGINX_MISSING, REDIS_URL, Deployment, Host, deployment, nginx_missing
+from installed import require_installed
 from shop_clients import (
     CARD,
     CLIENTS,
@@ -32,8 +32,6 @@ from shop_clients import (
     stock_of,
 )
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
 
 @pytest.fixture(scope="module", params=["sql", "redis"])
 def shop(
@@ -41,10 +39,7 @@ def shop(
     tmp_path_factory: pytest.TempPathFactory,
     postgres_server: str,
 ) -> Iterator[Deployment]:
-    if nginx_missing():
-        if IN_CI:
-            pytest.fail(f"{NGINX_MISSING}; CI=true requires it", pytrace=False)
-        pytest.skip(NGINX_MISSING)
+    require_installed(NGINX_MISSING if nginx_missing() else None)
     store = str(request.param)
     redis_url = str(request.getfixturevalue("redis_server")) if store == "redis" else REDIS_URL
     workdir: Path = tmp_path_factory.mktemp(f"deployment-{store}")

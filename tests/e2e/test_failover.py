@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import random
 import threading
 import time
@@ -49,10 +48,10 @@ from ha import (
     redis_missing,
     temporary_workdir,
 )
+from installed import require_installed
 from serving import ADMIN, Process, base_url, fake_gateway, shop_env, shop_server
 from shop_clients import Clients, Customer, add_product, concurrently, customers, stock_of
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 CUSTOMERS = 6
 DEPOSIT = 100_000
 PRICE = 100
@@ -65,11 +64,7 @@ RECOVERY_BOUND = 10.0
 
 @pytest.fixture(autouse=True)
 def _stack_installed() -> None:
-    missing = postgres_missing() or pgbouncer_missing() or redis_missing()
-    if missing:
-        if IN_CI:
-            pytest.fail(f"{missing}; CI=true requires it", pytrace=False)
-        pytest.skip(missing)
+    require_installed(postgres_missing() or pgbouncer_missing() or redis_missing())
 
 
 @dataclass

@@ -12,7 +12,6 @@ them.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ from ha import (
     redis_missing,
     temporary_workdir,
 )
+from installed import require_installed
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
 from sqlalchemy import text
@@ -35,15 +35,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_atomic import create_engine
-
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
-
-def require(missing: str | None) -> None:
-    if missing:
-        if IN_CI:
-            pytest.fail(f"{missing}; CI=true requires it", pytrace=False)
-        pytest.skip(missing)
 
 
 @pytest.fixture
@@ -54,7 +45,7 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture
 def postgres_stack() -> None:
-    require(postgres_missing() or pgbouncer_missing())
+    require_installed(postgres_missing() or pgbouncer_missing())
 
 
 async def one(engine: AsyncEngine, sql: str, **params: Any) -> Any:
@@ -134,7 +125,7 @@ async def test_a_pool_through_pgbouncer_survives_its_restart(
 
 
 async def test_sentinel_fails_the_master_over_with_its_data(workdir: Path) -> None:
-    require(redis_missing())
+    require_installed(redis_missing())
     with RedisSentinels(workdir) as redis:
         key, value = f"ha:{uuid.uuid4().hex}", "kept"
         old = redis.master_address()

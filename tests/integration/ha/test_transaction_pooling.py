@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,6 +23,7 @@ from typing import Any
 
 import pytest
 from ha import PgBouncer, PostgresPair, pgbouncer_missing, postgres_missing, temporary_workdir
+from installed import require_installed
 from session_tables import SESSIONS, with_table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,8 +35,6 @@ from fastapi_atomic.websession import SqlStore
 from fastapi_atomic.websession.record import Changes, SessionRecord
 from fastapi_atomic.websession.stores.sql_trigger import notify_channel
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
-
 #: the load: concurrent tasks, and units of work each runs one after the other
 TASKS = 40
 ITERATIONS = 25
@@ -44,13 +42,6 @@ ITERATIONS = 25
 SERVER_CONNECTIONS = 3
 #: seconds a committed change may take to evict a record cached in another process
 EVICTION_BOUND = 5.0
-
-
-def require(missing: str | None) -> None:
-    if missing:
-        if IN_CI:
-            pytest.fail(f"{missing}; CI=true requires it", pytrace=False)
-        pytest.skip(missing)
 
 
 @dataclass(frozen=True)
@@ -67,7 +58,7 @@ class Stack:
 def stack() -> Iterator[Stack]:
     """A primary with its standby, and PgBouncer in front of the primary; the sessions table
     made on the primary (no trigger: the stores send their own notifications)."""
-    require(postgres_missing() or pgbouncer_missing())
+    require_installed(postgres_missing() or pgbouncer_missing())
     with (
         temporary_workdir("ha-txpool-") as workdir,
         PostgresPair(workdir) as pair,

@@ -73,7 +73,9 @@ DIRECT = "postgresql+asyncpg://shop@/shop?host=db1:5432&host=db2:5432&target_ses
 
 
 def test_transaction_pooling_needs_postgres_through_asyncpg() -> None:
-    with pytest.raises(ValidationError, match="SHOP_DB_TRANSACTION_POOLING=true needs a postgresql"):
+    with pytest.raises(
+        ValidationError, match="SHOP_DB_TRANSACTION_POOLING=true needs a postgresql"
+    ):
         make(db_transaction_pooling=True)
 
 
