@@ -1,5 +1,6 @@
-"""Migrations 0003 (the session cache's trigger) and 0004 (its versioned messages) go down and
-up again on PostgreSQL, each installing its own version of the trigger."""
+"""Migrations 0003 (the session cache's trigger), 0004 (its versioned messages) and 0008 (the
+trigger dropped: the store sends the messages) go down and up again on PostgreSQL, each
+installing its own version of the trigger."""
 
 from __future__ import annotations
 
@@ -38,12 +39,16 @@ async def test_the_cache_trigger_migration_downgrades_and_upgrades(postgres_url:
         return int(found or 0)
 
     try:
+        assert await triggers() == 0  # 0008: the store sends the notifications
+        await downgrade(engine, postgres_url, "0007")
         assert await triggers() == 1
         await downgrade(engine, postgres_url, "0002")
         assert await triggers() == 0
+        await migrate(engine, postgres_url, "upgrade", "0007")
+        assert await triggers() == 1
     finally:
         await upgrade(postgres_url)
-        assert await triggers() == 1
+        assert await triggers() == 0
         await engine.dispose()
 
 
@@ -62,29 +67,32 @@ async def test_the_versioned_notifications_migration_downgrades_and_upgrades(
         return "NEW.version" in str(source)
 
     try:
+        await downgrade(engine, postgres_url, "0007")  # the last revision with the trigger
         assert await says_the_version()
         await downgrade(engine, postgres_url, "0003")
         assert not await says_the_version()
+        await migrate(engine, postgres_url, "upgrade", "0007")
+        assert await says_the_version()
     finally:
         await upgrade(postgres_url)
-        assert await says_the_version()
         await engine.dispose()
 
 
 async def test_each_migration_installs_its_own_trigger(postgres_url: str) -> None:
     """History does not follow the library: 0003 installs the key-only trigger even now, and
-    the head installs exactly what the library's postgres_notify_trigger() says today."""
+    0007 (the last revision with a trigger) has exactly what the library's
+    postgres_notify_trigger() says today."""
     engine = create_async_engine(postgres_url)
     try:
         await downgrade(engine, postgres_url, "0002")
         await migrate(engine, postgres_url, "upgrade", "0003")
         assert "NEW.version" not in await function_source(engine)
-        await migrate(engine, postgres_url, "upgrade", "head")
-        at_head = await function_source(engine)
+        await migrate(engine, postgres_url, "upgrade", "0007")
+        at_0007 = await function_source(engine)
         async with engine.begin() as connection:
             for statement in postgres_notify_trigger(web_sessions):
                 await connection.execute(text(statement))
-        assert await function_source(engine) == at_head
+        assert await function_source(engine) == at_0007
     finally:
         await upgrade(postgres_url)
         await engine.dispose()
