@@ -21,6 +21,8 @@ reachable by that user; pytest's ``tmp_path`` is not (``/tmp/pytest-of-root`` is
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import os
 import shutil
 import signal
@@ -28,6 +30,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 PGBOUNCER = "/usr/sbin/pgbouncer"
+PATRONI = shutil.which("patroni") or "/usr/bin/patroni"
+ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 #: who runs PostgreSQL and PgBouncer when we are root: both refuse to run as root
 OS_USER = "postgres"
@@ -657,6 +662,361 @@ server_connect_timeout = 5
         )
         stack.callback(lambda: self.daemon.kill())
         self._launch()
+
+
+# --- PostgreSQL under Patroni: two nodes and an etcd member ----------------------------------
+
+
+@functools.cache
+def patroni_missing() -> str | None:
+    """Why a PatroniCluster cannot run here, or None. Debian's patroni takes its etcd v3
+    client from python3-etcd, a package apt may have left out (patroni depends on any one of
+    several DCS clients): the import is tried with the interpreter patroni runs on."""
+    if not (os.access(PATRONI, os.X_OK) and os.access(ETCD, os.X_OK)):
+        return "patroni or etcd is not installed (apt-get install patroni etcd-server python3-etcd)"
+    interpreter = Path(PATRONI).read_text(errors="replace").partition("\n")[0].removeprefix("#!")
+    check = subprocess.run(
+        [*interpreter.split(), "-c", "import patroni.dcs.etcd3"],
+        capture_output=True,
+        env=_clean_env(),
+        timeout=30,
+        check=False,
+    )
+    if check.returncode != 0:
+        error = check.stderr.decode(errors="replace").strip().rpartition("\n")[2]
+        return f"patroni cannot talk to etcd v3: {error} (apt-get install python3-etcd)"
+    return postgres_missing()
+
+
+@dataclass
+class PatroniNode:
+    """One Patroni and the PostgreSQL it runs: a directory, a port, a REST API port."""
+
+    name: str
+    directory: Path
+    port: int
+    api_port: int
+    daemon: Daemon = field(repr=False)
+
+    @property
+    def datadir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+
+@dataclass
+class PatroniCluster(_Stack):
+    """Two PostgreSQL servers run by Patroni, which keeps its leader key in one etcd member
+    (its v3 API: etcd 3.4 turns the v2 API off by default) and fails over by itself when the
+    leader goes.
+
+    The settings, and why:
+
+    - ``synchronous_mode: true``: the leader waits on each commit for the other node, and
+      Patroni promotes only the node its ``/sync`` key names as that synchronous standby, so a
+      failover loses nothing a commit returned for. Not ``synchronous_mode_strict``: with one
+      node left, strict mode makes the new leader wait on every commit for a standby it will
+      never have (``synchronous_standby_names = '*'``), so writes would not come back after a
+      failover. Not strict, a leader whose standby has gone stops waiting for it, but only
+      after taking it off ``/sync``: the standby, now behind, can no longer be promoted.
+    - ``ttl`` 5, ``loop_wait`` 1, ``retry_timeout`` 2 s (Patroni's defaults: 30, 10, 10): a
+      dead leader's key outlives it by ``ttl`` less the time since its last refresh (every
+      ``loop_wait``), then the other node, woken by its watch on the key, promotes itself: a
+      failover in about 5 s. Debian 12's Patroni (3.0) enforces no bounds (later releases
+      document ``ttl`` >= 20 and ``retry_timeout`` >= 3: a failover would take some 20 s);
+      the rule its documentation gives, ``loop_wait + 2 * retry_timeout <= ttl``, is kept, so
+      a leader whose etcd requests are slow but retried within ``retry_timeout`` keeps its
+      key; and etcd's shortest lease (2 s with its default heartbeat) is below ``ttl``.
+    - ``watchdog`` off: no /dev/watchdog here, and nothing would be gained in one machine;
+      its ``safety_margin`` -1 only stops the warning Patroni logs on every loop when its
+      default margin (5 s) leaves less than two loops of the ``ttl``.
+    - ``use_slots`` (the default): the leader keeps WAL for the other node while it is away.
+    - ``--checkpoint=fast`` for pg_basebackup: a replica is made at once, not after a spread
+      checkpoint.
+    - ``fsync = off``: what a killed server wrote is still in the OS page cache; fsync guards
+      against the machine going down, which no test does (as in PostgresPair).
+    - trust for 127.0.0.1 (replication too) and the local socket, which is in the node's own
+      directory; everything on 127.0.0.1, on free ports.
+
+    Patroni runs PostgreSQL as its own user: run as root, both run as the ``postgres`` OS
+    user. The database ``database`` is made on the first node once it leads, before the
+    second node copies it."""
+
+    workdir: Path
+    database: str = "shop"
+    ttl: int = 5
+    loop_wait: int = 1
+    retry_timeout: int = 2
+    nodes: list[PatroniNode] = field(init=False, default_factory=list)
+    bindir: Path = field(init=False)
+    base: Path = field(init=False)
+    etcd: Daemon = field(init=False)
+    etcd_port: int = field(init=False)
+    #: the node kill_leader_host() killed, if it did
+    killed: PatroniNode | None = field(init=False, default=None)
+
+    def url(self, port: int, driver: str = "postgresql+asyncpg") -> str:
+        return f"{driver}://postgres@127.0.0.1:{port}/{self.database}"
+
+    def multihost_url(self, driver: str = "postgresql+asyncpg") -> str:
+        """Both nodes in one URL: a client tries each, in order, and keeps the first that
+        takes writes (SQLAlchemy's multihost form; every host needs its port)."""
+        hosts = "&".join(f"host=127.0.0.1:{node.port}" for node in self.nodes)
+        return f"{driver}://postgres@/{self.database}?{hosts}&target_session_attrs=primary"
+
+    def psql(self, port: int, sql: str, database: str | None = None) -> str:
+        """Run ``sql`` (one statement, autocommit) on the server at ``port``; its output,
+        unaligned, tuples only."""
+        return _psql(self.bindir, port, database or self.database, sql)
+
+    def node(self, name: str) -> PatroniNode:
+        return next(node for node in self.nodes if node.name == name)
+
+    def members(self) -> list[dict[str, Any]]:
+        """The cluster as the first live Patroni's REST API shows it (GET /cluster): each
+        member's name, role (leader, sync_standby, replica), state, port."""
+        for node in self.nodes:
+            if node.daemon.running():
+                with contextlib.suppress(OSError, ValueError):
+                    return list(_get_json(f"{node.api}/cluster")["members"])
+        raise RuntimeError("no Patroni answers")
+
+    def leader(self) -> PatroniNode:
+        """The node that holds the leader key."""
+        leaders = [member["name"] for member in self.members() if member["role"] == "leader"]
+        if not leaders:
+            raise RuntimeError("no node holds the leader key")
+        return self.node(leaders[0])
+
+    def kill_leader_host(self) -> PatroniNode:
+        """The leader's host dies: SIGKILL to its Patroni and to every PostgreSQL process of
+        it at once (killing PostgreSQL alone, Patroni would start it again where it was, and
+        keep the leader key). The node killed."""
+        node = self.leader()
+        self.killed = node
+        _kill_node(node)
+        return node
+
+    def wait_for_new_leader(self, timeout: float = 30) -> int:
+        """The port of the node that leads after ``kill_leader_host()`` (or any leader, if
+        none was killed), once Patroni calls it the primary and it takes writes."""
+
+        def new_leader() -> int | None:
+            for node in self.nodes:
+                if node is self.killed or not node.daemon.running():
+                    continue
+                with contextlib.suppress(OSError, RuntimeError):
+                    _get_json(f"{node.api}/primary")  # 200 only on the running primary
+                    if self.psql(node.port, "SELECT pg_is_in_recovery()") == "f":
+                        return node.port
+            return None
+
+        return _wait_for("a new Patroni leader that takes writes", new_leader, timeout, 0.1)
+
+    def wait_replayed(self, timeout: float = 10) -> None:
+        """Until every live replica has applied all the leader wrote so far: a synchronous
+        commit waits for the standby to have it on disk, not to have applied it."""
+        leader = self.leader()
+        lsn = self.psql(leader.port, "SELECT pg_current_wal_lsn()")
+
+        def replayed(port: int) -> bool:
+            return self.psql(port, f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'") == "t"
+
+        for node in self.nodes:
+            if node is not leader and node.daemon.running():
+                _wait_for(
+                    f"{node.name} to replay the leader's WAL",
+                    functools.partial(replayed, node.port),
+                    timeout,
+                )
+
+    # -- start and stop --
+
+    def _start(self, stack: contextlib.ExitStack) -> None:
+        bindir, missing = postgres_bindir(), patroni_missing()
+        if bindir is None or missing:
+            raise RuntimeError(missing)
+        self.bindir = bindir
+        self.base = _own(Path(tempfile.mkdtemp(prefix="patroni-", dir=self.workdir)))
+        scope = self.base.name  # the cluster's keys in etcd: /service/<scope>/
+        etcd_port, peer_port, *ports = free_ports(6)
+        self.etcd_port = etcd_port
+
+        etcd_dir = self.base / "etcd"
+        etcd_dir.mkdir()
+        peer = f"http://127.0.0.1:{peer_port}"
+        client = f"http://127.0.0.1:{etcd_port}"
+        self.etcd = Daemon(
+            [
+                ETCD,
+                "--name", "etcd",
+                "--data-dir", str(etcd_dir / "data"),
+                "--listen-client-urls", client,
+                "--advertise-client-urls", client,
+                "--listen-peer-urls", peer,
+                "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"etcd={peer}",
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", scope,
+            ],
+            etcd_dir / "etcd.log",
+        )  # fmt: skip
+        stack.callback(lambda: self.etcd.kill())
+        self.etcd.start()
+
+        def etcd_healthy() -> bool:
+            self.etcd.check_running()
+            return str(_get_json(f"{client}/health").get("health")) == "true"
+
+        _wait_for("etcd to answer", etcd_healthy, 20)
+
+        for number, (port, api_port) in enumerate(
+            zip(ports[::2], ports[1::2], strict=True), start=1
+        ):
+            name = f"node{number}"
+            directory = self.base / name
+            sockets = directory / "sockets"
+            sockets.mkdir(parents=True)
+            _own(directory)
+            _own(sockets)
+            config = directory / "patroni.yml"
+            config.write_text(
+                json.dumps(  # YAML's flow style: JSON is YAML
+                    self._config(scope, name, directory, port, api_port, etcd_port, sockets),
+                    indent=2,
+                )
+            )
+            _own(config)
+            daemon = Daemon([PATRONI, str(config)], directory / "patroni.log", as_os_user=True)
+            self.nodes.append(PatroniNode(name, directory, port, api_port, daemon))
+
+        first, second = self.nodes
+        stack.callback(_kill_node, first)
+        first.daemon.start()
+        _wait_for(f"{first.name} to bootstrap and lead", lambda: self._leads(first), 60, 0.2)
+        # The only node yet: nothing to wait for, and Patroni asks for no synchronous standby.
+        _psql(self.bindir, first.port, "postgres", f'CREATE DATABASE "{self.database}"')
+
+        stack.callback(_kill_node, second)
+        second.daemon.start()
+        _wait_for(
+            f"{second.name} to stream as the synchronous standby",
+            lambda: self._sync_standby(first, second),
+            60,
+            0.2,
+        )
+
+    def _config(
+        self,
+        scope: str,
+        name: str,
+        directory: Path,
+        port: int,
+        api_port: int,
+        etcd_port: int,
+        sockets: Path,
+    ) -> dict[str, Any]:
+        socket_dir = str(sockets) if _socket_fits(sockets) else ""  # else TCP only
+        return {
+            "scope": scope,
+            "name": name,
+            "log": {"level": "INFO"},
+            "restapi": {
+                "listen": f"127.0.0.1:{api_port}",
+                "connect_address": f"127.0.0.1:{api_port}",
+            },
+            "etcd3": {"hosts": [f"127.0.0.1:{etcd_port}"], "protocol": "http"},
+            "bootstrap": {
+                "dcs": {
+                    "ttl": self.ttl,
+                    "loop_wait": self.loop_wait,
+                    "retry_timeout": self.retry_timeout,
+                    "synchronous_mode": True,
+                    "synchronous_mode_strict": False,
+                    "postgresql": {
+                        "use_pg_rewind": False,
+                        "use_slots": True,
+                        "parameters": {
+                            "max_connections": 100,
+                            "max_wal_senders": 5,
+                            "max_replication_slots": 5,
+                            "wal_level": "replica",
+                            "hot_standby": "on",
+                        },
+                    },
+                },
+                "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "no-sync"],
+            },
+            "postgresql": {
+                "listen": f"127.0.0.1:{port}",
+                "connect_address": f"127.0.0.1:{port}",
+                "data_dir": str(directory / "data"),
+                "bin_dir": str(self.bindir),
+                "pgpass": str(directory / "pgpass"),
+                "authentication": {
+                    "superuser": {"username": "postgres"},
+                    "replication": {"username": "postgres"},
+                },
+                "parameters": {
+                    "unix_socket_directories": socket_dir,
+                    "shared_buffers": "16MB",
+                    "fsync": "off",
+                },
+                "pg_hba": [
+                    "local all all trust",
+                    "local replication all trust",
+                    "host all all 127.0.0.1/32 trust",
+                    "host replication all 127.0.0.1/32 trust",
+                ],
+                "basebackup": [{"checkpoint": "fast"}],
+            },
+            "watchdog": {"mode": "off", "safety_margin": -1},
+        }
+
+    def _leads(self, node: PatroniNode) -> bool:
+        node.daemon.check_running()
+        _get_json(f"{node.api}/primary")
+        return _psql(self.bindir, node.port, "postgres", "SELECT pg_is_in_recovery()") == "f"
+
+    def _sync_standby(self, leader: PatroniNode, standby: PatroniNode) -> bool:
+        """Patroni names ``standby`` the synchronous standby (``/sync``), and the leader's
+        PostgreSQL sees it streaming as one."""
+        for node in (leader, standby):
+            node.daemon.check_running()
+        roles = {member["name"]: member["role"] for member in self.members()}
+        state = _psql(
+            self.bindir,
+            leader.port,
+            "postgres",
+            "SELECT sync_state FROM pg_stat_replication "
+            f"WHERE application_name = '{standby.name}' AND state = 'streaming'",
+        )
+        return roles.get(standby.name) == "sync_standby" and state == "sync"
+
+
+def _kill_node(node: PatroniNode) -> None:
+    """SIGKILL to a node's Patroni (its process group: anything it forked) and to every
+    PostgreSQL process in its data directory (Patroni starts the postmaster in a session of
+    its own), all before waiting for any."""
+    pids = _pids_in(node.datadir)
+    if node.daemon.running():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.daemon.pid, signal.SIGKILL)
+    for pid in pids + _pids_in(node.datadir):  # and any the postmaster forked meanwhile
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    node.daemon.kill()  # reaps it
+    with contextlib.suppress(TimeoutError):
+        _wait_for(f"{node.name}'s processes to end", lambda: not _pids_in(node.datadir), 10)
+
+
+def _get_json(url: str, timeout: float = 2) -> dict[str, Any]:
+    """GET ``url``'s JSON; an HTTPError (an OSError) for any status but 200."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return dict(json.load(response))
 
 
 # --- Redis: a master, a replica, three Sentinels -----------------------------------------------

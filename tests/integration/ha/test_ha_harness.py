@@ -2,7 +2,8 @@
 synchronous standby has every committed row when the primary crashes, and after promotion
 clients find it, straight (a multihost URL) or through PgBouncer retargeted at it; a pool
 through PgBouncer survives PgBouncer's crash; Sentinel fails a Redis master over to its replica
-with the data, and Sentinel clients follow.
+with the data, and Sentinel clients follow; Patroni, its leader's host killed, promotes the
+synchronous standby by itself, with every committed row, and a multihost URL finds it.
 
 Each test runs its own servers on free ports in a temporary directory; the machine's own
 PostgreSQL and Redis are not used. Missing packages skip the tests, or, under CI=true, fail
@@ -12,6 +13,7 @@ them.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,9 +21,11 @@ from typing import Any
 
 import pytest
 from ha import (
+    PatroniCluster,
     PgBouncer,
     PostgresPair,
     RedisSentinels,
+    patroni_missing,
     pgbouncer_missing,
     postgres_missing,
     redis_missing,
@@ -35,6 +39,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from fastapi_atomic import create_engine
+
+#: seconds Patroni may take to promote the standby once the leader's host is dead: its leader
+#: key outlives the host by up to ``ttl`` (5 s), then a promotion
+PATRONI_FAILOVER_BOUND = 15.0
 
 
 @pytest.fixture
@@ -149,3 +157,35 @@ async def test_sentinel_fails_the_master_over_with_its_data(workdir: Path) -> No
             await client.aclose()
             for connection in sentinel.sentinels:
                 await connection.aclose()
+
+
+async def test_patroni_promotes_the_synchronous_standby_when_the_leaders_host_dies(
+    workdir: Path, engines: list[AsyncEngine]
+) -> None:
+    require_installed(patroni_missing() or postgres_missing())
+    with PatroniCluster(workdir) as cluster:
+        engine = create_engine(cluster.multihost_url(), pool_pre_ping=True)
+        engines.append(engine)
+        old = cluster.leader()
+        assert await one(engine, "SELECT inet_server_port()") == old.port
+        async with engine.begin() as connection:
+            await connection.execute(text("CREATE TABLE notes (note text PRIMARY KEY)"))
+            await connection.execute(text("INSERT INTO notes VALUES ('before')"))
+        cluster.wait_replayed()
+        for node in cluster.nodes:
+            assert cluster.psql(node.port, "SELECT string_agg(note, ',') FROM notes") == "before"
+
+        assert cluster.kill_leader_host() == old
+        killed_at = time.monotonic()
+        port = cluster.wait_for_new_leader(timeout=PATRONI_FAILOVER_BOUND + 15)
+        assert time.monotonic() - killed_at < PATRONI_FAILOVER_BOUND
+        assert port != old.port
+        assert cluster.leader().port == port
+
+        # the same engine: its connection to the dead leader is found broken and replaced
+        assert await one(engine, "SELECT inet_server_port()") == port
+        assert await one(engine, "SELECT note FROM notes") == "before"
+        await one(engine, "INSERT INTO notes VALUES ('after') RETURNING note")
+        assert cluster.psql(port, "SELECT string_agg(note, ',' ORDER BY note) FROM notes") == (
+            "after,before"
+        )
