@@ -363,7 +363,7 @@ async def _python_load(url: str, load: Load, connections: int, duration: float) 
 @dataclass
 class Scenario:
     name: str
-    app: str  # "floor", "shop", "popular", "starsessions", "bare"
+    app: str  # "floor", "shop", "popular", "starsessions", "bare", "idiom"
     load: Callable[[str, str, int], Load]  # server URL, database URL, customers: what to send
     database: str | None = None  # "postgres" | "sqlite"
     store: str | None = None
@@ -548,6 +548,9 @@ CEILING_TRANSFER_SQLITE = "ceiling: transfer, its bare statements on sqlite3, on
 CEILING_ACCOUNT_CHECKOUT_SQLITE = (
     "ceiling: account checkout, its bare statements on sqlite3, on sqlite"
 )
+#: the session read's shape in FastAPI with nothing behind it (baselines/idiom.py): how near
+#: the floor the idiom itself lets a session read come (a reference, judged by nothing)
+IDIOM_SESSION_READ = "ceiling: the session read's FastAPI route, nothing behind it"
 #: the ceiling rows, each write's bare statements: on raw asyncpg (baselines/bare.py), the
 #: baselines of the PostgreSQL targets; on sqlite3 (baselines/bare_sqlite.py), references
 #: (the SQLite targets compare with the popular recipe)
@@ -655,6 +658,14 @@ def scenarios() -> list[Scenario]:
                 connection_counts=curve if name in judged else (JUDGED_AT,),
             )
         )
+    list_.append(
+        Scenario(
+            IDIOM_SESSION_READ,
+            "idiom",
+            lambda url, db, users: Load("GET", "/api/session"),
+            connection_counts=curve,
+        )
+    )
     list_.append(
         Scenario(
             POPULAR_SESSION_READ,
@@ -923,6 +934,8 @@ def run_scenario(
         env = {"BENCH_DATABASE_URL": database_url, **scenario.env}
         bare = "bare_sqlite" if scenario.database == "sqlite" else "bare"
         server = Server(f"bench.baselines.{bare}:app", env, False, workdir)
+    elif scenario.app == "idiom":
+        server = Server("bench.baselines.idiom:app", {}, False, workdir)
     elif scenario.app == "starsessions":
         env = {"BENCH_REDIS_URL": REDIS_URL}
         server = Server("bench.baselines.starsessions_app:app", env, False, workdir)
@@ -1115,7 +1128,10 @@ def selected(only: str) -> set[str]:
     """The scenarios ``--only`` runs: those whose name contains ``only``, and the baseline rows
     of the targets that judge them (a target compares rows of the same run)."""
     names = {scenario.name for scenario in scenarios() if only in scenario.name}
-    return names | {t.baseline for t in TARGETS if t.scenario in names and t.baseline is not None}
+    baselines = {t.baseline for t in TARGETS if t.scenario in names and t.baseline is not None}
+    # the session read's reference: what FastAPI's shape of it allows, beside the target's floor
+    references = {IDIOM_SESSION_READ} if any("session read" in name for name in names) else set()
+    return names | baselines | references
 
 
 def main(argv: list[str] | None = None) -> int:
