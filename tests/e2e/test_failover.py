@@ -68,6 +68,9 @@ BEFORE, AFTER = 2.0, 4.0
 #: give its own to ``under_load``
 RECOVERY_BOUND = 10.0
 
+#: the kinds of request that write (the load also reads sessions, and asks /readyz)
+WRITES = ("transfer", "order")
+
 #: how the shop reaches PostgreSQL: through PgBouncer in front of a PostgresPair whose
 #: failover the test scripts, or straight to the two nodes of a PatroniCluster
 Database = Literal["pgbouncer", "patroni"]
@@ -209,32 +212,35 @@ class Load:
         others = [c.account_id for c in self.customers if c is not customer]
         while not self._stop.is_set():
             kind = chance.choice(["transfer", "order", "read"])
+            outcome: int | str
             try:
                 if kind == "read":
-                    self._note(kind, customer.client.get("/api/session").status_code)
-                    continue
-                if kind == "transfer":
-                    body: dict[str, Any] = {
-                        "from_account_id": customer.account_id,
-                        "to_account_id": chance.choice(others),
-                        "amount": chance.randint(1, 500),
-                    }
+                    outcome = customer.client.get("/api/session").status_code
                 else:
-                    body = {
-                        "items": [
-                            {"product_id": self.product_id, "quantity": chance.randint(1, 3)}
-                        ],
-                        "payment": {"method": "account", "account_id": customer.account_id},
-                    }
-                request = Request(kind, customer, body)
-                with self._lock:
-                    self.requests.append(request)
-                request.send()
-                self._note(kind, request.final.status_code)
+                    request = Request(kind, customer, self._body(kind, customer, others, chance))
+                    with self._lock:
+                        self.requests.append(request)
+                    request.send()
+                    outcome = request.final.status_code
             except httpx.TransportError as exc:
-                self._note(kind, type(exc).__name__)
-            if self.answers and self.answers[-1][2] == 503:
+                outcome = type(exc).__name__
+            self._note(kind, outcome)
+            if outcome == 503:
                 time.sleep(0.05)  # as a client told to come back would, a little
+
+    def _body(
+        self, kind: str, customer: Customer, others: list[int], chance: random.Random
+    ) -> dict[str, Any]:
+        if kind == "transfer":
+            return {
+                "from_account_id": customer.account_id,
+                "to_account_id": chance.choice(others),
+                "amount": chance.randint(1, 500),
+            }
+        return {
+            "items": [{"product_id": self.product_id, "quantity": chance.randint(1, 3)}],
+            "payment": {"method": "account", "account_id": customer.account_id},
+        }
 
     def _readiness(self) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as client:
@@ -331,7 +337,7 @@ class Report:
         writes = [
             at
             for at, kind, status in self.load.answers
-            if kind != "readyz" and kind != "read" and status == 201 and at > self.repaired_at
+            if kind in WRITES and status == 201 and at > self.repaired_at
         ]
         assert writes, "no write succeeded after the repair"
         return writes[0] - self.repaired_at
@@ -339,9 +345,7 @@ class Report:
     def longest_gap(self) -> float:
         """The longest time between two writes answered 201: the outage clients saw."""
         writes = sorted(
-            at
-            for at, kind, status in self.load.answers
-            if kind in ("transfer", "order") and status == 201
+            at for at, kind, status in self.load.answers if kind in WRITES and status == 201
         )
         return max((b - a for a, b in itertools.pairwise(writes)), default=0.0)
 

@@ -215,8 +215,7 @@ class PostgresPublisher:
     ) -> None:
         self.channel = channel
         self.timeout = timeout
-        arguments, options = asyncpg_connect_arguments(engine, url, timeout)
-        self._connect_arguments = (arguments, options)
+        self._connect_arguments = asyncpg_connect_arguments(engine, url, timeout)
         self._connection: Any = None
         self._waiting: list[tuple[list[str], asyncio.Future[None]]] = []
         self._sender: asyncio.Task[None] | None = None
