@@ -32,9 +32,9 @@ async def sign_up(
         role=role,
         accounts=[Account(balance=0)],
     )
-    db.add(user)
     try:
-        async with db.begin_nested():
+        async with db.begin_nested():  # its rollback takes the user out of the session too
+            db.add(user)
             await db.flush()
     except IntegrityError as exc:
         raise Conflict("That e-mail address is already registered.") from exc

@@ -36,9 +36,12 @@ async def create_product(
     db: AsyncSession, *, sku: str, name: str, price: int, stock: int
 ) -> Product:
     product = Product(sku=sku, name=name, price=price, stock=stock)
-    db.add(product)
     try:
+        # Added inside the savepoint, so that its rollback takes the product out of the
+        # session too: added before, it would stay pending, and the next query would flush
+        # it again.
         async with db.begin_nested():
+            db.add(product)
             await db.flush()
     except IntegrityError as exc:
         raise Conflict(f"A product with sku {sku!r} already exists.") from exc

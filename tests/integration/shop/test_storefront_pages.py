@@ -672,6 +672,15 @@ async def test_the_admin_products_page(
         )
         assert refused.status_code == 403 and is_html(refused), (url, refused.text)
 
+    again = await admin_browser.submit(
+        "/admin/products",
+        "/admin/products",
+        {"sku": "lamp", "name": "Another lamp", "price": "1", "stock": "1"},
+    )
+    assert again.status_code == 409 and is_html(again), again.text  # the page, with its error
+    assert "already exists" in again.text and "Desk lamp" in again.text
+    assert [p["name"] for p in (await admin.get("/api/products")).json()] == ["Desk lamp"]
+
     guest = open_browser()
     to_login = await guest.get("/admin/products")
     assert to_login.status_code == 303
