@@ -44,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import QueuePool
 
 from .pool import FairAsyncAdaptedQueuePool, TurnTakingPool
-from .sqlite import Checkpointer, inline_creator, install_inline
+from .sqlite import Checkpointer, InlineDBAPI, inline_creator, install_inline
 
 #: execution option read by the SQLite ``begin`` listener: "IMMEDIATE" or "DEFERRED"
 SQLITE_BEGIN_OPTION = "fastapi_atomic_sqlite_begin"
@@ -103,6 +103,7 @@ def create_engine(
         (database, *_), options = parsed.get_dialect()().create_connect_args(parsed)
         connect_args = dict(options)
         kwargs["async_creator"] = inline_creator(database, connect_args, sqlite_busy_timeout_ms)
+        kwargs.setdefault("module", InlineDBAPI())
     if not in_memory:
         kwargs.setdefault("poolclass", FairAsyncAdaptedQueuePool)
     if issubclass(kwargs.get("poolclass", type(None)), QueuePool):

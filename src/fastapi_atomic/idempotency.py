@@ -263,7 +263,7 @@ class IdempotencyKeys:
         try:
             await self._finish(uow, claimed, statement)
         except Exception as exc:
-            if not (database_unavailable(exc) or retry_reason(exc) == CONNECTION_LOST):
+            if not _database_away(exc):
                 raise
             deadline = self.clock() + self.lease_seconds
             task = asyncio.create_task(self._finish_later(uow, claimed, statement, deadline))
@@ -303,7 +303,7 @@ class IdempotencyKeys:
             try:
                 await self._finish(uow, claimed, statement)
             except Exception as exc:
-                if not (database_unavailable(exc) or retry_reason(exc) == CONNECTION_LOST):
+                if not _database_away(exc):
                     logger.exception("idempotency key release failed; its lease will end it")
                     return
                 delay = min(delay * 2, 5.0)
@@ -362,6 +362,12 @@ async def claim_idempotency_key(
         )
     claimed: IdempotencyKey | None = await keys.claim(request, owner, key)
     return claimed
+
+
+def _database_away(exc: BaseException) -> bool:
+    """The database did not answer (down, failing over, the connection lost): worth trying the
+    same statement again later, unlike an error of the statement itself."""
+    return database_unavailable(exc) or retry_reason(exc) == CONNECTION_LOST
 
 
 async def _fingerprint(request: Request) -> str:

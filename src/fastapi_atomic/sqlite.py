@@ -22,21 +22,36 @@ runs where it is made, on the loop, and only what may wait goes to the thread:
 
 Only one task uses a pooled connection at a time, and while its call waits in the thread the
 task waits too, so the connection is never used by the loop and the thread at once.
+
+SQLAlchemy reaches aiosqlite through an adapter whose cursor makes three or four awaited calls
+per statement (open the cursor, execute under a lock, fetch, close), each a switch out of
+SQLAlchemy's greenlet and back. With the statements on the loop, only the execution itself may
+have to wait, so :class:`InlineCursor` wraps the ``sqlite3`` cursor directly and awaits once
+per statement, for the execution (which goes to the thread when the file is locked).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import sqlite3
 import threading
 import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import aiosqlite
 from sqlalchemy import event
+from sqlalchemy.connectors.asyncio import AsyncAdapt_dbapi_connection
+from sqlalchemy.dialects.sqlite.aiosqlite import (
+    AsyncAdapt_aiosqlite_connection,
+    AsyncAdapt_aiosqlite_cursor,
+    AsyncAdapt_aiosqlite_dbapi,
+)
 from sqlalchemy.engine import Engine
+from sqlalchemy.util import EMPTY_DICT
+from sqlalchemy.util.concurrency import await_
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +109,60 @@ class InlineConnection(aiosqlite.Connection):
             return call()
         finally:
             connection.execute("PRAGMA busy_timeout = 0")
+
+
+class InlineCursor(AsyncAdapt_aiosqlite_cursor):
+    """SQLAlchemy's aiosqlite cursor, on the ``sqlite3`` cursor of an :class:`InlineConnection`:
+    one await per statement, none to open, fetch or close."""
+
+    __slots__ = ()
+    _awaitable_cursor_close = False
+    #: the ``sqlite3.Cursor`` itself, not aiosqlite's
+    _cursor: Any
+
+    def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = cast(InlineConnection, self._connection)._conn.cursor()
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+
+    def execute(self, operation: Any, parameters: Any = None) -> Any:
+        connection = cast(InlineConnection, self._connection)
+        cursor: sqlite3.Cursor = self._cursor
+        try:
+            await_(connection._execute(cursor.execute, operation, parameters or ()))
+            if cursor.description:
+                self._rows = collections.deque(cursor.fetchall())
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+        return cursor
+
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        connection = cast(InlineConnection, self._connection)
+        try:
+            return await_(
+                connection._execute(self._cursor.executemany, operation, seq_of_parameters)
+            )
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+
+
+class InlineAdaptedConnection(AsyncAdapt_aiosqlite_connection):
+    __slots__ = ()
+    _cursor_cls = InlineCursor
+
+
+class InlineDBAPI(AsyncAdapt_aiosqlite_dbapi):
+    """The DBAPI module SQLAlchemy's aiosqlite dialect is given (``module=``) for inline
+    connections: its connections' cursors are :class:`InlineCursor`."""
+
+    def __init__(self) -> None:
+        super().__init__(aiosqlite, sqlite3)
+
+    def connect(self, *arg: Any, **kw: Any) -> InlineAdaptedConnection:
+        creator = kw.pop("async_creator_fn")
+        return InlineAdaptedConnection(self, await_(creator(*arg, **kw)))
 
 
 def inline_creator(

@@ -80,6 +80,44 @@ async def test_statements_run_on_the_event_loops_thread(tmp_path: Path) -> None:
     assert set(seen) | set(seen_by_writer) == {threading.get_ident()}
 
 
+async def test_a_statement_is_one_call_on_the_connection(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening, fetching and closing the cursor are not calls of their own: each is a switch
+    out of SQLAlchemy's greenlet and back, and costs more than the statement itself."""
+    calls: list[str] = []
+    original = InlineConnection._execute
+
+    async def counted(self: InlineConnection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(getattr(fn, "__name__", repr(fn)))
+        return await original(self, fn, *args, **kwargs)
+
+    async with engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))  # the connection's set-up, out of the count
+        monkeypatch.setattr(InlineConnection, "_execute", counted)
+        rows = await connection.execute(text("SELECT id, n FROM counter"))
+        assert rows.all() == [(1, 0)]
+        changed = await connection.execute(text("UPDATE counter SET n = n + 1 WHERE id = 1"))
+        assert changed.rowcount == 1
+        await connection.execute(
+            text("INSERT INTO counter VALUES (:id, 0)"), [{"id": 2}, {"id": 3}]
+        )
+        await connection.commit()
+    # the pool's reset of the connection as it goes back is the last call
+    assert calls == ["execute", "execute", "executemany", "commit", "rollback"]
+    assert await count(engine) == 1
+
+
+async def test_results_stream_from_an_inline_connection(engine: AsyncEngine) -> None:
+    async with atomic(engine) as uow:
+        await uow.db.execute(
+            text("INSERT INTO counter VALUES (:id, :id)"), [{"id": n} for n in range(2, 202)]
+        )
+    async with engine.connect() as connection:
+        streamed = await connection.stream(text("SELECT n FROM counter ORDER BY id"))
+        assert [n async for (n,) in streamed] == [0, *range(2, 202)]
+
+
 async def test_a_write_waits_off_the_loop_for_another_connections_lock(
     engine: AsyncEngine,
 ) -> None:
