@@ -123,7 +123,10 @@ class InlineCursor(AsyncAdapt_aiosqlite_cursor):
     def __init__(self, adapt_connection: AsyncAdapt_dbapi_connection) -> None:
         self._adapt_connection = adapt_connection
         self._connection = adapt_connection._connection
-        self._cursor = cast(InlineConnection, self._connection)._conn.cursor()
+        try:
+            self._cursor = cast(InlineConnection, self._connection)._conn.cursor()
+        except Exception as error:  # a closed connection: the DBAPI's error, as SQLAlchemy's
+            adapt_connection._handle_exception(error)
         self._soft_closed_memoized = EMPTY_DICT
         self._rows = collections.deque()
 

@@ -108,6 +108,19 @@ async def test_a_statement_is_one_call_on_the_connection(
     assert await count(engine) == 1
 
 
+async def test_a_closed_inline_connection_fails_as_the_dbapi_says(engine: AsyncEngine) -> None:
+    """As with SQLAlchemy's own cursor: the DBAPI's OperationalError, which SQLAlchemy knows as
+    a disconnect, never aiosqlite's ValueError."""
+    async with engine.connect() as connection:
+        raw = await connection.get_raw_connection()
+        await raw.driver_connection.close()
+        adapted = raw.dbapi_connection
+        assert adapted is not None
+        with pytest.raises(sqlite3.OperationalError, match="no active connection"):
+            adapted.cursor()
+        await connection.invalidate()
+
+
 async def test_results_stream_from_an_inline_connection(engine: AsyncEngine) -> None:
     async with atomic(engine) as uow:
         await uow.db.execute(
