@@ -62,7 +62,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ColumnElement, Executable
 
 from .dependencies import UNIT_OF_WORK
 from .exceptions import ConfigurationError, ReplayResponse
@@ -156,26 +156,38 @@ class IdempotencyKeys:
 
     async def _claim(self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey) -> None:
         failure: Exception | None = None
-        for _ in range(5):
-            db = uow._independent_session()
-            try:
-                async with db.begin():
-                    if await self._try_claim(db, uow._request_id, claimed):
-                        return
-                failure = None  # taken over by another request meanwhile: look again
-            except IntegrityError:
-                failure = None  # a concurrent first request inserted it: look again
-            except Exception as exc:
-                if retry_reason(exc) is None:
-                    raise
-                failure = exc
-            finally:
-                await db.close()
-        if failure is not None:
-            # Not a request in progress: the database kept failing (a lost connection each
-            # time, a server going away). The middleware answers what that is (a 503).
-            raise failure
-        raise self._in_progress(retry_after=1)
+        #: an attempt lost its connection: its COMMIT may have landed unseen, leaving the key
+        #: locked by this request
+        lost = False
+        try:
+            for _ in range(5):
+                db = uow._independent_session()
+                try:
+                    async with db.begin():
+                        if await self._try_claim(db, uow._request_id, claimed):
+                            return  # a claim that landed unseen is found here as our own
+                    failure = None  # taken over by another request meanwhile: look again
+                except IntegrityError:
+                    failure = None  # a concurrent first request inserted it: look again
+                except Exception as exc:
+                    reason = retry_reason(exc)
+                    if reason is None:
+                        raise
+                    lost = lost or reason == CONNECTION_LOST
+                    failure = exc
+                finally:
+                    await db.close()
+            if failure is not None:
+                # Not a request in progress: the database kept failing (a lost connection
+                # each time, a server going away). The middleware answers what that is (a 503).
+                raise failure
+            raise self._in_progress(retry_after=1)
+        except BaseException:
+            if lost:  # this request will not run: free a key it may hold, once possible
+                self._finish_in_background(
+                    uow, claimed, delete(self.table).where(self._held(uow, claimed))
+                )
+            raise
 
     async def _try_claim(self, db: AsyncSession, request_id: str, claimed: IdempotencyKey) -> bool:
         t = self.table
@@ -242,11 +254,7 @@ class IdempotencyKeys:
         response = uow._response
         effects = not uow._can_retry
         t = self.table
-        ours = (
-            (t.c.owner == claimed.owner)
-            & (t.c.key == claimed.key)
-            & (t.c.locked_by == uow._request_id)
-        )
+        ours = self._held(uow, claimed)
         if response is None or response.status < 400:
             # An exception or a failed COMMIT: nothing final. The request has ended, so a retry
             # may run at once: the key is released, or, when a phase committed, kept (with its
@@ -265,13 +273,26 @@ class IdempotencyKeys:
         except Exception as exc:
             if not _database_away(exc):
                 raise
-            deadline = self.clock() + self.lease_seconds
-            task = asyncio.create_task(self._finish_later(uow, claimed, statement, deadline))
-            self._deferred.add(task)
-            task.add_done_callback(self._deferred.discard)
-            logger.warning(
-                "idempotency key not released (the database did not answer); trying again"
-            )
+            self._finish_in_background(uow, claimed, statement)
+
+    def _held(self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey) -> ColumnElement[bool]:
+        """The key's row, while this request holds it."""
+        t = self.table
+        return (
+            (t.c.owner == claimed.owner)
+            & (t.c.key == claimed.key)
+            & (t.c.locked_by == uow._request_id)
+        )
+
+    def _finish_in_background(
+        self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey, statement: Executable | None
+    ) -> None:
+        """:meth:`_finish_later`, in a task of its own: the request ends meanwhile."""
+        deadline = self.clock() + self.lease_seconds
+        task = asyncio.create_task(self._finish_later(uow, claimed, statement, deadline))
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
+        logger.warning("idempotency key not released (the database did not answer); trying again")
 
     async def _finish(
         self, uow: SqlAlchemyUnitOfWork, claimed: IdempotencyKey, statement: Executable | None

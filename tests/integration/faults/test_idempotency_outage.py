@@ -180,6 +180,29 @@ async def test_a_key_that_cannot_be_claimed_is_503_not_409(
     assert await world.effect_count() == 1
 
 
+async def test_a_claim_that_landed_unseen_is_freed_once_the_database_is_back(world: World) -> None:
+    """The claim's COMMIT reaches the server, and the connection is lost before its answer
+    comes back; the server then refuses connections. The request cannot run (503), but the key
+    is locked by it: once the database is back the release tried in the background frees it,
+    and the client's retry runs instead of meeting a 409 for the rest of the lease."""
+    world.proxy.cut_on(b"COMMIT", forward=True, times=1, and_refuse=True)
+    failed = await world.client.post("/effects", json={"name": "a"}, headers=key("unseen"))
+    assert failed.status_code == 503, failed.text
+    held = await world.key_row("unseen")
+    assert held is not None and held["locked_by"] is not None  # the claim landed, unseen
+    assert held["locked_until"] > time.time() + LEASE_SECONDS - 5
+
+    world.proxy.pass_through()
+
+    async def released() -> bool:
+        return await world.key_row("unseen") is None
+
+    await eventually(released, within=RECOVERY_BOUND)
+    retried = await world.client.post("/effects", json={"name": "a"}, headers=key("unseen"))
+    assert retried.status_code == 201, retried.text
+    assert await world.effect_count() == 1
+
+
 async def test_a_key_the_rollback_could_not_release_is_freed_once_the_database_is_back(
     world: World,
 ) -> None:
