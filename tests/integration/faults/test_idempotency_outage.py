@@ -188,6 +188,13 @@ async def test_a_claim_that_landed_unseen_is_freed_once_the_database_is_back(wor
     world.proxy.cut_on(b"COMMIT", forward=True, times=1, and_refuse=True)
     failed = await world.client.post("/effects", json={"name": "a"}, headers=key("unseen"))
     assert failed.status_code == 503, failed.text
+
+    async def landed() -> bool:
+        return await world.key_row("unseen") is not None
+
+    # The server got the COMMIT before the cut, but the 503 can come back before the server's
+    # backend has run it (a loaded machine): the claim lands unseen, a moment later.
+    await eventually(landed, within=10)
     held = await world.key_row("unseen")
     assert held is not None and held["locked_by"] is not None  # the claim landed, unseen
     assert held["locked_until"] > time.time() + LEASE_SECONDS - 5
