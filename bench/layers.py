@@ -13,6 +13,12 @@ Two tables, each from interleaved rounds in one process (medians, in microsecond
 2. One UPDATE in a transaction, CPU per statement: raw asyncpg against SQLAlchemy's
    AsyncConnection and the unit of work's AsyncSession (the shop's statements are Core
    statements built once, as here).
+3. An account checkout on SQLite (target T12's write), requests a second with 64 customers at
+   once: the popular recipe (T12's baseline), the shop's checkout service on a plain
+   AsyncSession (no FastAPI, none of the library), the same in an idiomatic FastAPI route
+   (body and response models, the AsyncSession from a yield dependency, still none of the
+   library), and the shop's POST /api/orders. It says what share of the target the
+   idiomatic stack leaves to the library.
 
 The ASGI app is called directly with a prepared scope, so what is measured is the app's own
 work; uvicorn's parsing and the socket come on top of every row alike. The garbage collector is
@@ -24,11 +30,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib
+import json
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -38,17 +47,23 @@ from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from pydantic import BaseModel
 from sqlalchemy import Column, Integer, MetaData, Table, bindparam, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from starlette.types import ASGIApp, Message
 
 from bench.run import ADMIN, SECRET, Databases
 from fastapi_atomic import AtomicMiddleware, atomic, create_engine
+from fastapi_atomic.engine import SQLITE_BEGIN_OPTION, writer_engine
 from fastapi_atomic.websession import WebSessionDep, WebSessionManager
+from shop.api.schemas import OrderIn, OrderOut
 from shop.app import create_app
+from shop.services import orders
 from shop.settings import Settings
 
 ROUNDS = 9
 REQUESTS = 1000
+#: the checkout table: customers checking out at once, and seconds of each round
+CUSTOMERS = 64
+SECONDS = 3.0
 
 
 def scope_for(path: str, cookie: str) -> dict[str, Any]:
@@ -142,6 +157,16 @@ def layer(kind: str, engine: AsyncEngine, manager: WebSessionManager) -> FastAPI
     return app
 
 
+def popular_app(database_url: str) -> FastAPI:
+    """The popular recipe's app on ``database_url`` (the module reads it as it is imported)."""
+    os.environ["BENCH_DATABASE_URL"] = database_url
+    os.environ["BENCH_SECRET"] = SECRET
+    import bench.baselines.popular as module
+
+    app: FastAPI = importlib.reload(module).app
+    return app
+
+
 async def session_read_layers(database_url: str) -> list[tuple[str, float]]:
     settings = Settings(
         database_url=database_url,
@@ -151,9 +176,7 @@ async def session_read_layers(database_url: str) -> list[tuple[str, float]]:
         admin_password=ADMIN["password"],
     )
     shop = create_app(settings)
-    os.environ["BENCH_DATABASE_URL"] = database_url
-    os.environ["BENCH_SECRET"] = SECRET
-    from bench.baselines.popular import app as popular
+    popular = popular_app(database_url)
 
     async with LifespanManager(shop):
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=shop), base_url="http://b")
@@ -254,13 +277,200 @@ async def statement_costs(database_url: str) -> list[tuple[str, float]]:
         await engine.dispose()
 
 
+@dataclass(frozen=True)
+class Customer:
+    user_id: int
+    account_id: int
+    #: the shop's session cookie and CSRF token, and the popular recipe's cookie
+    cookie: str
+    csrf_token: str
+    popular_cookie: str
+
+
+def checkout_body(customer: Customer, product: int) -> bytes:
+    payment = {"method": "account", "account_id": customer.account_id}
+    return json.dumps(
+        {"items": [{"product_id": product, "quantity": 1}], "payment": payment}
+    ).encode()
+
+
+async def post(app: ASGIApp, path: str, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    """One POST to ``app``, called directly; its status."""
+    chunks = [{"type": "http.request", "body": body, "more_body": False}]
+    statuses: list[int] = []
+
+    async def receive() -> Message:
+        return chunks.pop() if chunks else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    scope = {
+        **scope_for(path, ""),
+        "method": "POST",
+        "headers": [
+            (b"host", b"bench"),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            *headers,
+        ],
+    }
+    await app(scope, receive, send)
+    return statuses[0]
+
+
+async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction on the app's SQLite writer (``BEGIN IMMEDIATE``, as the shop's unit of
+    work begins a write there), committed as the dependency ends."""
+    async with AsyncSession(request.app.state.writer, expire_on_commit=False) as db, db.begin():
+        await db.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+        yield db
+
+
+DB = Annotated[AsyncSession, Depends(get_db)]
+
+
+def fastapi_route(writer: AsyncEngine, users: dict[int, int]) -> FastAPI:
+    """The shop's checkout service in an idiomatic FastAPI route, with none of the library."""
+    app = FastAPI()
+    app.state.writer = writer
+
+    @app.post("/api/orders", status_code=201)
+    async def place_order(body: OrderIn, db: DB) -> OrderOut:
+        account = body.payment.account_id  # the user is the account's: no web session here
+        lines = [orders.Line(item.product_id, item.quantity) for item in body.items]
+        order = await orders.checkout_with_account(
+            db, user_id=users[account], lines=lines, account_id=account
+        )
+        return OrderOut.model_validate(order)
+
+    return app
+
+
+async def sqlite_checkout_layers(database_url: str) -> list[tuple[str, float]]:
+    """Account checkouts a second on one SQLite file, each way, ``CUSTOMERS`` at once."""
+    settings = Settings(
+        database_url=database_url,
+        secret_keys=[SECRET],
+        cookie_secure=False,
+        admin_email=ADMIN["email"],
+        admin_password=ADMIN["password"],
+    )
+    shop = create_app(settings)
+    popular = popular_app(database_url)
+
+    async with LifespanManager(shop):
+        transport = httpx.ASGITransport(app=shop)
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as admin:
+            login = await admin.post("/api/session", json=ADMIN)
+            headers = {"X-CSRF-Token": login.json()["csrf_token"]}
+            products = []
+            for n in range(8):
+                made = await admin.post(
+                    "/api/products",
+                    json={"sku": f"layers-{n}", "name": f"Layers {n}", "price": 1, "stock": 10**9},
+                    headers=headers,
+                )
+                products.append(int(made.json()["id"]))
+        customers = []
+        for n in range(CUSTOMERS):
+            credentials = {"email": f"layers-{n}@example.com", "password": "layers-password"}
+            async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
+                created = (
+                    await client.post("/api/users", json={"name": "L", **credentials})
+                ).json()
+                token = (await client.post("/api/session", json=credentials)).json()["csrf_token"]
+                account = int(created["accounts"][0]["id"])
+                deposit = {"amount": 10**8, "card_number": "4242424242424242"}
+                deposited = await client.post(
+                    f"/api/accounts/{account}/deposits",
+                    json=deposit,
+                    headers={"X-CSRF-Token": token},
+                )
+                deposited.raise_for_status()
+                cookie = f"shop_session={client.cookies['shop_session']}"
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=popular), base_url="http://b"
+            ) as baseline:
+                await baseline.post("/api/session", json={"email": credentials["email"]})
+                popular_cookie = f"session={baseline.cookies['session']}"
+            customers.append(Customer(int(created["id"]), account, cookie, token, popular_cookie))
+
+        writer = writer_engine(shop.state.engine)
+        users = {customer.account_id: customer.user_id for customer in customers}
+        route = fastapi_route(writer, users)
+
+        async def service(customer: Customer, product: int) -> int:
+            async with AsyncSession(writer, expire_on_commit=False) as db, db.begin():
+                await db.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+                await orders.checkout_with_account(
+                    db,
+                    user_id=customer.user_id,
+                    lines=[orders.Line(product, 1)],
+                    account_id=customer.account_id,
+                )
+            return 201
+
+        async def in_route(customer: Customer, product: int) -> int:
+            return await post(route, "/api/orders", [], checkout_body(customer, product))
+
+        async def the_shop(customer: Customer, product: int) -> int:
+            headers = [
+                (b"cookie", customer.cookie.encode()),
+                (b"x-csrf-token", customer.csrf_token.encode()),
+            ]
+            return await post(shop, "/api/orders", headers, checkout_body(customer, product))
+
+        async def the_recipe(customer: Customer, product: int) -> int:
+            headers = [(b"cookie", customer.popular_cookie.encode())]
+            return await post(popular, "/api/orders", headers, checkout_body(customer, product))
+
+        ways: dict[str, Callable[[Customer, int], Awaitable[int]]] = {
+            "the popular recipe (T12's baseline)": the_recipe,
+            "the shop's checkout service on a plain AsyncSession": service,
+            "the same in a FastAPI route (models, a yield dependency)": in_route,
+            "the shop's POST /api/orders": the_shop,
+        }
+
+        async def rate(way: Callable[[Customer, int], Awaitable[int]], seconds: float) -> float:
+            until = time.perf_counter() + seconds
+
+            async def customer_loop(customer: Customer) -> int:
+                done = 0
+                while time.perf_counter() < until:
+                    status = await way(customer, products[done % len(products)])
+                    assert status == 201, status
+                    done += 1
+                return done
+
+            started = time.perf_counter()
+            done = await asyncio.gather(*(customer_loop(customer) for customer in customers))
+            return sum(done) / (time.perf_counter() - started)
+
+        for way in ways.values():
+            await rate(way, min(1.0, SECONDS))
+        gc.collect()
+        gc.freeze()
+        rates: dict[str, list[float]] = {name: [] for name in ways}
+        for _ in range(ROUNDS):
+            for name, way in ways.items():
+                rates[name].append(await rate(way, SECONDS))
+        return [(name, statistics.median(values)) for name, values in rates.items()]
+
+
 def main() -> None:
-    global ROUNDS, REQUESTS
+    global ROUNDS, REQUESTS, CUSTOMERS, SECONDS
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="interleaved rounds")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="requests a round")
+    parser.add_argument(
+        "--customers", type=int, default=CUSTOMERS, help="checkouts at once (the third table)"
+    )
+    parser.add_argument("--seconds", type=float, default=SECONDS, help="seconds a checkout round")
     arguments = parser.parse_args()
     ROUNDS, REQUESTS = arguments.rounds, arguments.requests
+    CUSTOMERS, SECONDS = arguments.customers, arguments.seconds
     # The folder goes at the end too, with the databases, as in bench.run.
     with tempfile.TemporaryDirectory(prefix="bench-layers-") as folder:
         databases = Databases(Path(folder))
@@ -268,6 +478,7 @@ def main() -> None:
             url = databases.postgres()
             reads = asyncio.run(session_read_layers(url))
             statements = asyncio.run(statement_costs(databases.postgres()))
+            checkouts = asyncio.run(sqlite_checkout_layers(databases.sqlite()))
         finally:
             databases.drop()
     print("| an authenticated session read, in-process | µs a request |")
@@ -279,6 +490,12 @@ def main() -> None:
     print("| --- | ---: |")
     for name, micros in statements:
         print(f"| {name} | {micros:.0f} |")
+    print()
+    print(f"| an account checkout on SQLite, {CUSTOMERS} at once, in-process | req/s | x recipe |")
+    print("| --- | ---: | ---: |")
+    recipe = checkouts[0][1]
+    for name, per_second in checkouts:
+        print(f"| {name} | {per_second:.0f} | {per_second / recipe:.2f} |")
 
 
 if __name__ == "__main__":
