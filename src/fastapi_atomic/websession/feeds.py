@@ -12,14 +12,14 @@ import contextlib
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, NamedTuple
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ..sqlite import is_busy
 from .cache import DELETED, RecordCache, message
 
 logger = logging.getLogger("fastapi_atomic.websession")
@@ -385,15 +385,20 @@ def _is_uri(url: URL) -> bool:
 
 
 class SqliteFeed(InvalidationFeed):
-    """Watches a SQLite file for commits, from a thread of its own, and reads the change log.
+    """Watches a SQLite file for commits, from the event loop, and reads the change log.
 
     SQLite has no NOTIFY. The triggers of :func:`.stores.sql_trigger.sqlite_change_log` write
     every change of a session into a log table, in the writing transaction; this feed keeps one
     connection of its own (a plain ``sqlite3`` one, outside the app's pool) and, every
     ``poll_interval`` seconds, asks ``PRAGMA data_version``, which moves when any other
     connection, of this process or another, committed to the file. Only then does it read the
-    log rows it has not seen and hand them to the cache as messages. The thread keeps the
-    polls off the event loop; the loop hears from it only when something changed.
+    log rows it has not seen and hand them to the cache as messages.
+
+    The polls run on the event loop, as the app's own SQLite statements do (see
+    :mod:`fastapi_atomic.sqlite`): each is a few microseconds, and the connection's busy
+    timeout is 0, so a look that finds the file locked returns at once and is made again at
+    the next poll. A thread of its own would have to take the interpreter's lock from the loop
+    at every wake-up, hundreds of times a second under load, and every request paid for it.
 
     - Polls slow down to ``idle_poll_interval`` once the file has not changed for
       ``idle_after`` seconds, and speed up at the first commit.
@@ -404,8 +409,8 @@ class SqliteFeed(InvalidationFeed):
       ``keep_changes``, never the newest one, and only if the file is not being written then.
       Ids are consecutive (an AUTOINCREMENT key, and a rolled-back insert gives its id back):
       a process that finds the next id it expected gone (deleted unread) empties its cache.
-    - A poller that stopped polling (a file system that hangs) is noticed after ``heartbeat``
-      seconds, and counts as a dropped feed.
+    - A poller that has not looked at the file for ``heartbeat`` seconds (stopped, or finding
+      it locked all that time) counts as a dropped feed.
     """
 
     #: seconds between two looks at the file while it changes
@@ -416,8 +421,6 @@ class SqliteFeed(InvalidationFeed):
     #: the log's rows kept for feeds that fall behind
     keep_changes = 10_000
     purge_interval = 10.0
-    #: seconds a read of the poller waits on a file being written (SQLite's busy timeout)
-    busy_timeout = 2.0
 
     def __init__(
         self,
@@ -438,7 +441,7 @@ class SqliteFeed(InvalidationFeed):
         self.uri = uri
         if poll_interval is not None:
             self.poll_interval = poll_interval
-        #: the thread watching the file now, if any
+        #: the poller watching the file now, if any
         self.poller: _Poller | None = None
 
     @classmethod
@@ -469,9 +472,9 @@ class SqliteFeed(InvalidationFeed):
     @contextlib.asynccontextmanager
     async def _subscribe(self) -> AsyncIterator[AsyncIterator[str]]:
         queue: asyncio.Queue[_Report] = asyncio.Queue()
-        poller = _Poller(self, asyncio.get_running_loop(), queue)
+        poller = _Poller(self, queue)
         self.poller = poller
-        threading.Thread(target=poller.run, name=f"SqliteFeed {self.table}", daemon=True).start()
+        task = asyncio.create_task(poller.run(), name=f"SqliteFeed {self.table}")
         try:
             async with asyncio.timeout(self.heartbeat):
                 first = await queue.get()
@@ -479,9 +482,10 @@ class SqliteFeed(InvalidationFeed):
                 raise first
             yield self._messages(poller, queue)
         finally:
-            # Not joined: a cancelled feed (app shut-down) must not wait on a poll that may be
-            # waiting on the file. The thread ends at its next look, closing its connection.
             poller.stop.set()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _messages(self, poller: _Poller, queue: asyncio.Queue[_Report]) -> AsyncIterator[str]:
         while True:
@@ -506,73 +510,89 @@ class SqliteFeed(InvalidationFeed):
 
 
 class _Poller:
-    """The thread of a :class:`SqliteFeed`: its connection, its polls, and what it found."""
+    """The task of a :class:`SqliteFeed`: its connection, its polls, and what it found."""
 
-    def __init__(
-        self, feed: SqliteFeed, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[_Report]
-    ) -> None:
+    def __init__(self, feed: SqliteFeed, queue: asyncio.Queue[_Report]) -> None:
         self.feed = feed
-        self.loop = loop
         self.queue = queue
-        self.stop = threading.Event()
+        #: set to stop it (it stops at its next look)
+        self.stop = asyncio.Event()
         #: when it last looked at the file (time.monotonic)
         self.polled_at = time.monotonic()
         #: its connection, once open
         self.connection: sqlite3.Connection | None = None
 
     def report(self, report: _Report) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, report)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            self.stop.set()
+        self.queue.put_nowait(report)
 
-    def run(self) -> None:
+    async def run(self) -> None:
         try:
             feed = self.feed
+            # Busy timeout 0: a look never waits on the loop for a file being written.
             self.connection = connection = sqlite3.connect(
-                feed.database, uri=feed.uri, timeout=feed.busy_timeout, isolation_level=None
+                feed.database, uri=feed.uri, timeout=0, isolation_level=None
             )
             connection.execute("PRAGMA synchronous = NORMAL")  # its purges need no fsync
-            self.watch(connection)
-        except BaseException as exc:  # told to the loop, which reconnects
+            await self.watch(connection)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # told to the feed, which reconnects
             self.report(exc)
         finally:
             if self.connection is not None:
                 self.connection.close()
 
-    def watch(self, connection: sqlite3.Connection) -> None:
+    async def watch(self, connection: sqlite3.Connection) -> None:
         feed = self.feed
         poll = connection.cursor()
-        data_version = self._scalar(poll, "PRAGMA data_version")
-        schema_version = self._check_triggers(connection)
-        last = self._scalar(connection, f"SELECT coalesce(max(id), 0) FROM {feed.change_log}")
+        data_version = await self._first_look(lambda: self._scalar(poll, "PRAGMA data_version"))
+        schema_version = await self._first_look(lambda: self._check_triggers(connection))
+        last = await self._first_look(
+            lambda: self._scalar(connection, f"SELECT coalesce(max(id), 0) FROM {feed.change_log}")
+        )
         self.report(None)
         interval, changed_at, purge_at = feed.poll_interval, time.monotonic(), 0.0
         idle_interval = max(feed.poll_interval, feed.idle_poll_interval)
         while True:
-            time.sleep(interval)  # cheaper to wake from than an Event's wait, when idle
+            await asyncio.sleep(interval)
             if self.stop.is_set():
                 return
-            now = self.polled_at = time.monotonic()
-            version = self._scalar(poll, "PRAGMA data_version")
-            if version == data_version:
-                if now - changed_at >= feed.idle_after:
-                    interval = idle_interval
-            else:
-                data_version, interval, changed_at = version, feed.poll_interval, now
-                if self._scalar(connection, "PRAGMA schema_version") != schema_version:
-                    schema_version = self._check_triggers(connection)
-                rows = connection.execute(
-                    f"SELECT id, key, version FROM {feed.change_log} WHERE id > ? ORDER BY id",
-                    (last,),
-                ).fetchall()
-                if rows:
-                    missed = rows[0][0] > last + 1
-                    last = rows[-1][0]
-                    self.report(_Changes([_message(key, v) for _, key, v in rows], missed))
-            if now >= purge_at:
-                self._purge(connection)
-                purge_at = now + feed.purge_interval
+            now = time.monotonic()
+            try:
+                version = self._scalar(poll, "PRAGMA data_version")
+                if version == data_version:
+                    if now - changed_at >= feed.idle_after:
+                        interval = idle_interval
+                else:
+                    if self._scalar(connection, "PRAGMA schema_version") != schema_version:
+                        schema_version = self._check_triggers(connection)
+                    rows = connection.execute(
+                        f"SELECT id, key, version FROM {feed.change_log} WHERE id > ? ORDER BY id",
+                        (last,),
+                    ).fetchall()
+                    data_version, interval, changed_at = version, feed.poll_interval, now
+                    if rows:
+                        missed = rows[0][0] > last + 1
+                        last = rows[-1][0]
+                        self.report(_Changes([_message(key, v) for _, key, v in rows], missed))
+                if now >= purge_at:
+                    self._purge(connection)
+                    purge_at = now + feed.purge_interval
+            except sqlite3.OperationalError as error:
+                if not is_busy(error):
+                    raise
+                continue  # the file is locked right now: look again at the next poll
+            self.polled_at = now
+
+    async def _first_look(self, look: Callable[[], int]) -> int:
+        """``look`` once it finds the file unlocked (a start while another process writes)."""
+        while True:
+            try:
+                return look()
+            except sqlite3.OperationalError as error:
+                if not is_busy(error):
+                    raise
+            await asyncio.sleep(self.feed.poll_interval)
 
     def _check_triggers(self, connection: sqlite3.Connection) -> int:
         """The schema's version, once the log and its triggers are found there."""
@@ -594,19 +614,17 @@ class _Poller:
         return schema_version
 
     def _purge(self, connection: sqlite3.Connection) -> None:
-        """Delete the log's oldest rows, if there are too many and nobody is writing."""
+        """Delete the log's oldest rows, if there are too many and nobody is writing (the
+        connection's busy timeout is 0: a file being written is left for next time)."""
         log, keep = self.feed.change_log, max(1, self.feed.keep_changes)
         oldest, newest = connection.execute(f"SELECT min(id), max(id) FROM {log}").fetchone()
         if newest is None or newest - oldest < keep:
             return
-        connection.execute("PRAGMA busy_timeout = 0")  # never wait for a writer: next time
         try:
             connection.execute(f"DELETE FROM {log} WHERE id <= ?", (newest - keep,))
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
-        finally:
-            connection.execute(f"PRAGMA busy_timeout = {int(self.feed.busy_timeout * 1000)}")
 
     @staticmethod
     def _scalar(connection: sqlite3.Connection | sqlite3.Cursor, query: str) -> int:

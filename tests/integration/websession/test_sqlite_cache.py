@@ -12,6 +12,7 @@ import asyncio
 import sqlite3
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -297,6 +298,66 @@ async def test_a_feed_whose_connection_is_closed_goes_dark_until_it_is_back(
     await eventually(back)
     await load(app, key)
     assert await load(app, key) is not None and len(cache) == 1
+
+
+async def test_the_feed_polls_on_the_event_loop_without_a_thread(shared_sqlite_url: str) -> None:
+    """A thread polling every 2 ms took the interpreter's lock from the event loop at every
+    wake-up, and every request paid for it; the polls are the loop's own now."""
+    engine = create_engine(shared_sqlite_url)
+    await with_table(engine)
+    await create_change_log(engine)
+    threads = set(threading.enumerate())
+    store = SqlStore(SESSIONS, cache=True)
+    await store.start(engine)
+    try:
+        assert store.cache is not None and store.cache.live
+        assert set(threading.enumerate()) - threads <= {
+            thread for thread in threading.enumerate() if thread.name.startswith("Checkpointer")
+        }
+        assert not any("SqliteFeed" in thread.name for thread in threading.enumerate())
+    finally:
+        await store.aclose()
+        await engine.dispose()
+
+
+async def test_a_purge_that_meets_a_writer_neither_waits_on_the_loop_nor_drops_the_feed(
+    sqlite_apps: list[App], shared_sqlite_url: str
+) -> None:
+    """The polls run on the event loop, so none may wait for the file. The purge is the one
+    write among them: while another connection holds the write lock for 0.3 s, the purges
+    tried meanwhile give up at once (the loop keeps ticking, the cache stays live), and the
+    first one after it deletes the old rows."""
+    writer, reader = sqlite_apps
+    feed = feed_of(reader[1])
+    feed.keep_changes, feed.purge_interval = 1, 0.01
+    key = await cached_in(reader, writer, make_record("20", step=0))
+    for step in (1, 2, 3):
+        async with atomic(writer[0]) as uow:
+            await writer[1].update(key, Changes([("set", "step", step)]), uow)
+    cache = reader[1].cache
+    assert cache is not None
+    holder = sqlite3.connect(shared_sqlite_url.split("///", 1)[1], isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute(f"DELETE FROM {LOG} WHERE id < 0")  # the write lock, nothing changed
+        rows = len(await log_rows(writer[0]))
+        assert rows >= 3
+        ticks, started = 0, time.monotonic()
+        while time.monotonic() - started < 0.3:
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert ticks >= 30, f"the loop ticked {ticks} times in 0.3 s"  # 60 if nothing waited
+        assert cache.live
+        assert len(await log_rows(writer[0])) == rows  # nothing could be purged meanwhile
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+    async def purged() -> bool:
+        return len(await log_rows(writer[0])) == 1
+
+    await eventually(purged)
+    assert cache.live
 
 
 async def test_a_feed_that_stops_polling_is_noticed(
