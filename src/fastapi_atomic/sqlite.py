@@ -210,7 +210,22 @@ class Checkpointer:
     """A thread that copies the write-ahead log into the database file now and then.
 
     Passive: it copies what no reader still needs and never waits for a lock, so it delays no
-    one; a checkpoint another process is running meanwhile is simply left to that process."""
+    one; a checkpoint another process is running meanwhile is simply left to that process.
+
+    A passive checkpoint alone lets the log grow without bound under steady load: SQLite
+    starts the log over only when a writer begins right after a checkpoint that copied all of
+    it, and with commits every few milliseconds one always lands during the copy (a checkout
+    adds about 50 KB: 18 MB a second at 350 a second, measured). So once the log holds more
+    than ``truncate_frames`` pages, the checkpointer makes a ``TRUNCATE`` checkpoint: it waits
+    up to ``truncate_wait_ms`` for the readers still using the log to finish (holding the
+    writers back meanwhile, who wait in their connection's thread, as for any lock), then
+    empties the file. If it cannot, it tries again at the next round.
+    """
+
+    #: pages in the write-ahead log (4 KB each by default) past which it is emptied
+    truncate_frames = 4096
+    #: how long an emptying waits for readers (and holds writers back) before giving up
+    truncate_wait_ms = 100
 
     def __init__(self, database: str, connect_args: dict[str, Any]) -> None:
         self.database = database
@@ -240,10 +255,21 @@ class Checkpointer:
 
     def checkpoint(self, connection: sqlite3.Connection) -> None:
         try:
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            _, pages, _ = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.OperationalError as error:
             if not is_busy(error):
                 raise
+            return
+        if pages <= self.truncate_frames:
+            return
+        connection.execute(f"PRAGMA busy_timeout = {int(self.truncate_wait_ms)}")
+        try:
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
+        finally:
+            connection.execute("PRAGMA busy_timeout = 0")
 
     def _run(self, stopping: threading.Event) -> None:
         try:

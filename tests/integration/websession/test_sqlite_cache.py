@@ -312,7 +312,7 @@ async def test_the_feed_polls_on_the_event_loop_without_a_thread(shared_sqlite_u
     try:
         assert store.cache is not None and store.cache.live
         assert set(threading.enumerate()) - threads <= {
-            thread for thread in threading.enumerate() if thread.name.startswith("Checkpointer")
+            thread for thread in threading.enumerate() if thread.name.startswith("sqlite-checkpoint")
         }
         assert not any("SqliteFeed" in thread.name for thread in threading.enumerate())
     finally:
