@@ -311,9 +311,8 @@ async def test_the_feed_polls_on_the_event_loop_without_a_thread(shared_sqlite_u
     await store.start(engine)
     try:
         assert store.cache is not None and store.cache.live
-        assert set(threading.enumerate()) - threads <= {
-            thread for thread in threading.enumerate() if thread.name.startswith("sqlite-checkpoint")
-        }
+        started = set(threading.enumerate()) - threads
+        assert all(thread.name.startswith("sqlite-checkpoint") for thread in started), started
         assert not any("SqliteFeed" in thread.name for thread in threading.enumerate())
     finally:
         await store.aclose()
