@@ -54,7 +54,7 @@ from bench.run import ADMIN, SECRET, Databases
 from fastapi_atomic import AtomicMiddleware, atomic, create_engine
 from fastapi_atomic.engine import SQLITE_BEGIN_OPTION, writer_engine
 from fastapi_atomic.websession import WebSessionDep, WebSessionManager
-from shop.api.schemas import OrderIn, OrderOut
+from shop.api.schemas import AccountPayment, OrderIn, OrderOut
 from shop.app import create_app
 from shop.services import orders
 from shop.settings import Settings
@@ -167,7 +167,8 @@ def popular_app(database_url: str) -> FastAPI:
     return app
 
 
-async def session_read_layers(database_url: str) -> list[tuple[str, float]]:
+def shop_and_popular(database_url: str) -> tuple[FastAPI, FastAPI]:
+    """The shop (with the benchmark's administrator) and the popular recipe, on one database."""
     settings = Settings(
         database_url=database_url,
         secret_keys=[SECRET],
@@ -175,8 +176,11 @@ async def session_read_layers(database_url: str) -> list[tuple[str, float]]:
         admin_email=ADMIN["email"],
         admin_password=ADMIN["password"],
     )
-    shop = create_app(settings)
-    popular = popular_app(database_url)
+    return create_app(settings), popular_app(database_url)
+
+
+async def session_read_layers(database_url: str) -> list[tuple[str, float]]:
+    shop, popular = shop_and_popular(database_url)
 
     async with LifespanManager(shop):
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=shop), base_url="http://b")
@@ -338,6 +342,7 @@ def fastapi_route(writer: AsyncEngine, users: dict[int, int]) -> FastAPI:
 
     @app.post("/api/orders", status_code=201)
     async def place_order(body: OrderIn, db: DB) -> OrderOut:
+        assert isinstance(body.payment, AccountPayment)  # the benchmark pays from accounts
         account = body.payment.account_id  # the user is the account's: no web session here
         lines = [orders.Line(item.product_id, item.quantity) for item in body.items]
         order = await orders.checkout_with_account(
@@ -350,15 +355,7 @@ def fastapi_route(writer: AsyncEngine, users: dict[int, int]) -> FastAPI:
 
 async def sqlite_checkout_layers(database_url: str) -> list[tuple[str, float]]:
     """Account checkouts a second on one SQLite file, each way, ``CUSTOMERS`` at once."""
-    settings = Settings(
-        database_url=database_url,
-        secret_keys=[SECRET],
-        cookie_secure=False,
-        admin_email=ADMIN["email"],
-        admin_password=ADMIN["password"],
-    )
-    shop = create_app(settings)
-    popular = popular_app(database_url)
+    shop, popular = shop_and_popular(database_url)
 
     async with LifespanManager(shop):
         transport = httpx.ASGITransport(app=shop)

@@ -214,12 +214,11 @@ class Checkpointer:
 
     A passive checkpoint alone lets the log grow without bound under steady load: SQLite
     starts the log over only when a writer begins right after a checkpoint that copied all of
-    it, and with commits every few milliseconds one always lands during the copy (a checkout
-    adds about 50 KB: 18 MB a second at 350 a second, measured). So once the log holds more
-    than ``truncate_frames`` pages, the checkpointer makes a ``TRUNCATE`` checkpoint: it waits
-    up to ``truncate_wait_ms`` for the readers still using the log to finish (holding the
-    writers back meanwhile, who wait in their connection's thread, as for any lock), then
-    empties the file. If it cannot, it tries again at the next round.
+    it, and with commits every few milliseconds one always lands during the copy. So once the
+    log holds more than ``truncate_frames`` pages, the checkpointer makes a ``TRUNCATE``
+    checkpoint: it waits up to ``truncate_wait_ms`` for the readers still using the log to
+    finish (holding the writers back meanwhile, who wait in their connection's thread, as for
+    any lock), then empties the file. If it cannot, it tries again at the next round.
     """
 
     #: pages in the write-ahead log (4 KB each by default) past which it is emptied

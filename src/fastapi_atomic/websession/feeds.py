@@ -395,10 +395,10 @@ class SqliteFeed(InvalidationFeed):
     log rows it has not seen and hand them to the cache as messages.
 
     The polls run on the event loop, as the app's own SQLite statements do (see
-    :mod:`fastapi_atomic.sqlite`): each is a few microseconds, and the connection's busy
-    timeout is 0, so a look that finds the file locked returns at once and is made again at
-    the next poll. A thread of its own would have to take the interpreter's lock from the loop
-    at every wake-up, hundreds of times a second under load, and every request paid for it.
+    :mod:`fastapi_atomic.sqlite`): each is one query SQLite answers from shared memory, and
+    the connection's busy timeout is 0, so a look that finds the file locked returns at once
+    and is made again at the next poll. A thread of its own has to take the interpreter's lock
+    from the loop at every wake-up, and under load every request paid for that.
 
     - Polls slow down to ``idle_poll_interval`` once the file has not changed for
       ``idle_after`` seconds, and speed up at the first commit.
