@@ -328,7 +328,7 @@ async def test_a_purge_that_meets_a_writer_neither_waits_on_the_loop_nor_drops_t
     first one after it deletes the old rows."""
     writer, reader = sqlite_apps
     feed = feed_of(reader[1])
-    feed.keep_changes, feed.purge_interval = 1, 0.01
+    feed.keep_changes, feed.purge_interval = 1000, 0.01  # nothing to purge yet
     key = await cached_in(reader, writer, make_record("20", step=0))
     for step in (1, 2, 3):
         async with atomic(writer[0]) as uow:
@@ -341,6 +341,7 @@ async def test_a_purge_that_meets_a_writer_neither_waits_on_the_loop_nor_drops_t
         holder.execute(f"DELETE FROM {LOG} WHERE id < 0")  # the write lock, nothing changed
         rows = len(await log_rows(writer[0]))
         assert rows >= 3
+        feed.keep_changes = 1  # from now on every poll tries to purge
         ticks, started = 0, time.monotonic()
         while time.monotonic() - started < 0.3:
             await asyncio.sleep(0.005)
