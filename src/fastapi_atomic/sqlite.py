@@ -33,11 +33,12 @@ per statement, for the execution (which goes to the thread when the file is lock
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import Any, cast
 
@@ -77,6 +78,17 @@ def is_busy(error: BaseException) -> bool:
     )
 
 
+@contextlib.contextmanager
+def waiting_for_locks(connection: sqlite3.Connection, busy_timeout_ms: float) -> Iterator[None]:
+    """SQLite's busy handler on ``connection`` for a while: waiting up to ``busy_timeout_ms``
+    for a lock, then back to 0 (these connections never wait otherwise)."""
+    connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    try:
+        yield
+    finally:
+        connection.execute("PRAGMA busy_timeout = 0")
+
+
 class InlineConnection(aiosqlite.Connection):
     """An aiosqlite connection whose calls run on the event loop; see the module's docstring.
 
@@ -103,12 +115,8 @@ class InlineConnection(aiosqlite.Connection):
 
     def _waiting(self, call: Callable[[], Any]) -> Any:
         """In the connection's thread: ``call`` again, with SQLite's busy handler waiting."""
-        connection = self._conn
-        connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-        try:
+        with waiting_for_locks(self._conn, self.busy_timeout_ms):
             return call()
-        finally:
-            connection.execute("PRAGMA busy_timeout = 0")
 
 
 class InlineCursor(AsyncAdapt_aiosqlite_cursor):
@@ -261,14 +269,12 @@ class Checkpointer:
             return
         if pages <= self.truncate_frames:
             return
-        connection.execute(f"PRAGMA busy_timeout = {int(self.truncate_wait_ms)}")
         try:
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            with waiting_for_locks(connection, self.truncate_wait_ms):
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.OperationalError as error:
             if not is_busy(error):
                 raise
-        finally:
-            connection.execute("PRAGMA busy_timeout = 0")
 
     def _run(self, stopping: threading.Event) -> None:
         try:

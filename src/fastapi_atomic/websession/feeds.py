@@ -622,8 +622,8 @@ class _Poller:
             return
         try:
             connection.execute(f"DELETE FROM {log} WHERE id <= ?", (newest - keep,))
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
                 raise
 
     @staticmethod
