@@ -168,8 +168,10 @@ async def test_a_key_that_cannot_be_claimed_is_503_not_409(
     assert "in progress" not in response.text
     faults = world.proxy.faults
     if fault is cut_every_claim:
-        # five claim attempts in each of the middleware's three attempts at the request
-        assert faults["cut_before_forwarding"] == 15, faults
+        # five claim attempts in each of the middleware's three attempts at the request; the
+        # releases tried in the background (a lost claim may have landed) are cut too, as
+        # many as had started by now
+        assert faults["cut_before_forwarding"] >= 15, faults
     else:
         assert faults["refused"] >= 1, faults
 

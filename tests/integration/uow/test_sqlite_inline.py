@@ -284,7 +284,8 @@ async def test_the_write_ahead_log_stays_bounded_under_steady_writes_and_reads(
             reader.close()
         await engine.dispose()
     assert written >= 6_000_000
-    assert largest < written / 4, f"the log reached {largest} bytes of {written} written"
+    # without the truncation it reached three times what was written
+    assert largest < written / 2, f"the log reached {largest} bytes of {written} written"
 
 
 async def test_a_commit_does_not_checkpoint(engine: AsyncEngine) -> None:
