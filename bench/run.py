@@ -17,7 +17,9 @@ SQLite, the embedded default: the transfer and account checkout with the popular
 same SQLite file (and an absolute p99 bound), the session read with the floor. The SQLite
 ceiling rows (the transfer and account checkout as their bare statements on sqlite3,
 ``baselines/bare_sqlite.py``) are references, judged by no target: what the machine allows those
-statements on one file. The floor (the stack answering a constant) is measured first and last
+statements on one file. So are the FastAPI routes of the judged SQLite rows with none of the
+library (``baselines/idiom.py``, ``baselines/idiom_writes.py``): how near its target the idiom
+itself lets each come on this machine. The floor (the stack answering a constant) is measured first and last
 and every throughput is also shown as a share of it, for reference.
 
 The revocation windows close the run: two shop processes on one database (PostgreSQL with its
@@ -363,7 +365,7 @@ async def _python_load(url: str, load: Load, connections: int, duration: float) 
 @dataclass
 class Scenario:
     name: str
-    app: str  # "floor", "shop", "popular", "starsessions", "bare", "idiom"
+    app: str  # "floor", "shop", "popular", "starsessions", "bare", "idiom", "idiom_writes"
     load: Callable[[str, str, int], Load]  # server URL, database URL, customers: what to send
     database: str | None = None  # "postgres" | "sqlite"
     store: str | None = None
@@ -375,8 +377,9 @@ class Scenario:
     quick_duration: float = 1.0
     invariants: Callable[[str], list[str]] | None = None
     health: str = "/healthz"
-    #: a database the shop's row of this write fills and the popular recipe's row then reuses
-    #: (its customers, accounts and products): "transfer" or "account checkout"
+    #: a database the shop's row of this write fills and the other rows of the write (the
+    #: popular recipe's, the idiom's) then reuse (its customers, accounts and products):
+    #: "transfer" or "account checkout"
     shares: str | None = None
 
 
@@ -551,6 +554,19 @@ CEILING_ACCOUNT_CHECKOUT_SQLITE = (
 #: the session read's shape in FastAPI with nothing behind it (baselines/idiom.py): how near
 #: the floor the idiom itself lets a session read come (a reference, judged by nothing)
 IDIOM_SESSION_READ = "ceiling: the session read's FastAPI route, nothing behind it"
+#: the SQLite writes' services in idiomatic FastAPI routes, none of the library's request
+#: handling (baselines/idiom_writes.py): how near 2 x the popular recipe the idiom itself lets
+#: a write come (references, judged by nothing)
+IDIOM_TRANSFER_SQLITE = "ceiling: the transfer's FastAPI route, none of the library, on sqlite"
+IDIOM_ACCOUNT_CHECKOUT_SQLITE = (
+    "ceiling: the account checkout's FastAPI route, none of the library, on sqlite"
+)
+#: the reference row of each judged row, run beside it by --only
+REFERENCES = {
+    SESSION_READ_SQLITE: IDIOM_SESSION_READ,
+    SHOP_TRANSFER_SQLITE: IDIOM_TRANSFER_SQLITE,
+    SHOP_ACCOUNT_CHECKOUT_SQLITE: IDIOM_ACCOUNT_CHECKOUT_SQLITE,
+}
 #: the ceiling rows, each write's bare statements: on raw asyncpg (baselines/bare.py), the
 #: baselines of the PostgreSQL targets; on sqlite3 (baselines/bare_sqlite.py), references
 #: (the SQLite targets compare with the popular recipe)
@@ -769,6 +785,23 @@ def scenarios() -> list[Scenario]:
                 shares=shares,
             )
         )
+    # The SQLite writes by the idiom's routes, logged in as the popular recipe's customers are,
+    # on the database the shop's row made: before the popular recipe's row, which breaks its
+    # invariants.
+    for name, load, shares in (
+        (IDIOM_TRANSFER_SQLITE, popular_transfer, "transfer"),
+        (IDIOM_ACCOUNT_CHECKOUT_SQLITE, popular_checkout, "account checkout"),
+    ):
+        list_.append(
+            Scenario(
+                name,
+                "idiom_writes",
+                load,
+                "sqlite",
+                invariants=money_invariants,
+                shares=shares,
+            )
+        )
     # The popular recipe's writes, each on the database the shop's row of the same write made
     # (its customers with money, its products), checked for the same money and stock.
     for name, load, database, needs, counts, shares in (
@@ -920,7 +953,7 @@ def run_scenario(
     #: the database this write's shop row made, for the popular recipe's row to reuse
     share = f"{scenario.shares} on {scenario.database}" if scenario.shares else None
     if scenario.database is not None:
-        if share and scenario.app == "popular":
+        if share and scenario.app != "shop":
             database_url = shared.get(share) or shared.setdefault(share, fresh())
         else:
             database_url = fresh()
@@ -936,6 +969,9 @@ def run_scenario(
         server = Server(f"bench.baselines.{bare}:app", env, False, workdir)
     elif scenario.app == "idiom":
         server = Server("bench.baselines.idiom:app", {}, False, workdir)
+    elif scenario.app == "idiom_writes":
+        env = {"BENCH_DATABASE_URL": database_url, "BENCH_SECRET": SECRET}
+        server = Server("bench.baselines.idiom_writes:app", env, False, workdir)
     elif scenario.app == "starsessions":
         env = {"BENCH_REDIS_URL": REDIS_URL}
         server = Server("bench.baselines.starsessions_app:app", env, False, workdir)
@@ -945,7 +981,7 @@ def run_scenario(
     try:
         server.wait(scenario.health)
         users = min(64, max(counts))
-        if share and scenario.app == "popular":
+        if share and scenario.app != "shop":
             prepare_popular(database_url, workdir, users, transfer=scenario.shares == "transfer")
         load = scenario.load(server.url, database_url, users)
         if share and scenario.app == "shop":
@@ -1129,8 +1165,8 @@ def selected(only: str) -> set[str]:
     of the targets that judge them (a target compares rows of the same run)."""
     names = {scenario.name for scenario in scenarios() if only in scenario.name}
     baselines = {t.baseline for t in TARGETS if t.scenario in names and t.baseline is not None}
-    # the session read's reference: what FastAPI's shape of it allows, beside the target's floor
-    references = {IDIOM_SESSION_READ} if any("session read" in name for name in names) else set()
+    # each judged row's reference: what FastAPI's shape of it allows, beside its baseline
+    references = {REFERENCES[name] for name in names if name in REFERENCES}
     return names | baselines | references
 
 

@@ -134,9 +134,16 @@ def test_only_runs_the_baselines_of_the_targets_it_selects(bench: ModuleType) ->
         run.CEILING_ACCOUNT_CHECKOUT,
         run.POPULAR_ACCOUNT_CHECKOUT,
     }
+    # with the judged row's reference: its FastAPI route with none of the library
     assert run.selected(run.SHOP_TRANSFER_SQLITE) == {
         run.SHOP_TRANSFER_SQLITE,
         run.POPULAR_TRANSFER_SQLITE,
+        run.IDIOM_TRANSFER_SQLITE,
+    }
+    assert run.selected("session read, sql store on sqlite") == {
+        run.SESSION_READ_SQLITE,
+        run.FLOOR,
+        run.IDIOM_SESSION_READ,
     }
     names = {scenario.name for scenario in run.scenarios()}
     for target in run.TARGETS:
@@ -197,9 +204,10 @@ def test_quick_benchmark_run(
             if "sign-up" not in row["scenario"]:
                 assert row["non_2xx"] == 0, row
     # Every ceiling row is in the report, and no other (the one-statement designs are gone):
-    # each write's bare statements, and the session read's bare FastAPI route.
+    # each write's bare statements, and the FastAPI routes of the session read and of the SQLite
+    # writes with none of the library.
     names = {row["scenario"] for row in rows}
-    ceilings = {*run.CEILINGS, run.IDIOM_SESSION_READ}
+    ceilings = {*run.CEILINGS, *run.REFERENCES.values()}
     assert ceilings <= names
     assert {name for name in names if name.startswith("ceiling")} == ceilings
     skipped = {row["scenario"] for row in rows if "skipped" in row}
