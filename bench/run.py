@@ -19,8 +19,8 @@ ceiling rows (the transfer and account checkout as their bare statements on sqli
 ``baselines/bare_sqlite.py``) are references, judged by no target: what the machine allows those
 statements on one file. So are the FastAPI routes of the judged SQLite rows with none of the
 library (``baselines/idiom.py``, ``baselines/idiom_writes.py``): how near its target the idiom
-itself lets each come on this machine. The floor (the stack answering a constant) is measured first and last
-and every throughput is also shown as a share of it, for reference.
+itself lets each come on this machine. The floor (the stack answering a constant) is measured
+first and last and every throughput is also shown as a share of it, for reference.
 
 The revocation windows close the run: two shop processes on one database (PostgreSQL with its
 SQL or Redis store, one SQLite file), a logout on one, the other asked until it answers 401.
@@ -950,7 +950,7 @@ def run_scenario(
     reuses the one ``shared`` names for its write: see :attr:`Scenario.shares`)."""
     database_url = ""
     fresh = databases.postgres if scenario.database == "postgres" else databases.sqlite
-    #: the database this write's shop row made, for the popular recipe's row to reuse
+    #: the database this write's shop row made, for the write's other rows to reuse
     share = f"{scenario.shares} on {scenario.database}" if scenario.shares else None
     if scenario.database is not None:
         if share and scenario.app != "shop":
@@ -982,7 +982,7 @@ def run_scenario(
         server.wait(scenario.health)
         users = min(64, max(counts))
         if share and scenario.app != "shop":
-            prepare_popular(database_url, workdir, users, transfer=scenario.shares == "transfer")
+            prepare_shared(database_url, workdir, users, transfer=scenario.shares == "transfer")
         load = scenario.load(server.url, database_url, users)
         if share and scenario.app == "shop":
             shared.setdefault(share, database_url)
@@ -997,9 +997,10 @@ def run_scenario(
     return results
 
 
-def prepare_popular(database_url: str, workdir: Path, users: int, *, transfer: bool) -> None:
-    """The popular app needs the shop's bench data (customers with money; products for a
-    checkout): on a database its shop row did not make (``--only``), a shop server makes it."""
+def prepare_shared(database_url: str, workdir: Path, users: int, *, transfer: bool) -> None:
+    """The popular recipe's and the idiom's rows need the shop's bench data (customers with
+    money; products for a checkout): on a database the shop's row did not make (``--only``
+    without it), a shop server makes it."""
     ready = len(query(database_url, CUSTOMERS_SQL)) >= (2 if transfer else 1)
     if ready and not transfer:
         ready = bool(query(database_url, PRODUCTS_SQL))
