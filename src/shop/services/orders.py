@@ -14,14 +14,20 @@ takes: unlike ``FOR UPDATE`` it does not wait for the KEY SHARE lock that insert
 item takes on its product through the foreign key. It reads the row as committed by whoever
 held it before, so a checkout that waited for a release of stock sees the stock given back.
 SQLite has one writer at a time and ignores row locks.
+
+A checkout writes its order and items with INSERT statements built once, and returns what it
+wrote (:class:`PlacedOrder`): nothing reads them back through the session, so the ORM's flush
+would only add its bookkeeping to the request. Reads (:func:`get_order`, :func:`list_orders`)
+load ORM objects.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
@@ -54,6 +60,8 @@ _CHANGE_STOCK = (
 _SET_STATUS = (
     update(orders).where(orders.c.id == bindparam("order_id")).values(status=bindparam("status"))
 )
+_INSERT_ORDER = insert(orders).returning(orders.c.id, orders.c.created_at)
+_INSERT_ITEM = insert(order_items)
 _ITEMS = (
     select(order_items.c.product_id, order_items.c.quantity)
     .where(order_items.c.order_id == bindparam("order_id"))
@@ -67,9 +75,34 @@ class Line:
     quantity: int
 
 
+@dataclass(frozen=True)
+class Item:
+    """One product of an order, at the price charged."""
+
+    product_id: int
+    quantity: int
+    unit_price: int
+
+
+@dataclass(frozen=True)
+class PlacedOrder:
+    """An order as a checkout wrote it (the API's ``OrderOut`` reads it as it reads an Order)."""
+
+    id: int
+    status: str
+    total: int
+    items: list[Item]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, order: Order) -> PlacedOrder:
+        items = [Item(i.product_id, i.quantity, i.unit_price) for i in order.items]
+        return cls(order.id, order.status, order.total, items, order.created_at)
+
+
 async def checkout_with_account(
     db: AsyncSession, *, user_id: int, lines: Sequence[Line], account_id: int
-) -> Order:
+) -> PlacedOrder:
     """One transaction: the debit, the paid order and the stock together (stock last)."""
     items = await _priced_items(db, lines)
     await debit(db, user_id=user_id, account_id=account_id, amount=total_of(items))
@@ -89,7 +122,7 @@ async def checkout_with_card(
     lines: Sequence[Line],
     card_number: str,
     payment_key: str | None,
-) -> Order:
+) -> PlacedOrder:
     """Reserve (order pending, stock taken), charge, settle: see :mod:`.card_payments`."""
 
     async def hold(db: AsyncSession, key: str) -> Payment:
@@ -114,7 +147,7 @@ async def checkout_with_card(
     assert payment.order_id is not None
     purchase = OrderPurchase(payment.order_id)
     await card_payments.collect(uow, gateway, payment, card_number=card_number, purchase=purchase)
-    return await get_order(uow.db, user_id=user_id, order_id=payment.order_id)
+    return PlacedOrder.of(await get_order(uow.db, user_id=user_id, order_id=payment.order_id))
 
 
 @dataclass(frozen=True)
@@ -168,11 +201,11 @@ def merge_lines(lines: Iterable[Line]) -> list[Line]:
     return [Line(product_id, quantity) for product_id, quantity in sorted(merged.items())]
 
 
-def total_of(items: Iterable[OrderItem]) -> int:
+def total_of(items: Iterable[Item]) -> int:
     return sum(item.quantity * item.unit_price for item in items)
 
 
-async def _priced_items(db: AsyncSession, lines: Sequence[Line]) -> list[OrderItem]:
+async def _priced_items(db: AsyncSession, lines: Sequence[Line]) -> list[Item]:
     """One item per product at its current price (read without a lock); NotFound for none."""
     merged = merge_lines(lines)
     rows = await db.execute(_PRICES, {"product_ids": [line.product_id for line in merged]})
@@ -180,40 +213,50 @@ async def _priced_items(db: AsyncSession, lines: Sequence[Line]) -> list[OrderIt
     for line in merged:
         if line.product_id not in prices:
             raise NotFound(f"Product {line.product_id} not found.")
-    return [
-        OrderItem(
-            product_id=line.product_id, quantity=line.quantity, unit_price=prices[line.product_id]
-        )
-        for line in merged
-    ]
+    return [Item(line.product_id, line.quantity, prices[line.product_id]) for line in merged]
 
 
 async def _place_order(
     db: AsyncSession,
     user_id: int,
-    items: list[OrderItem],
+    items: list[Item],
     *,
     status: str,
     payment_method: str,
     account_id: int | None = None,
     payment_key: str | None = None,
-) -> Order:
-    order = Order(
-        user_id=user_id,
-        status=status,
-        total=total_of(items),
-        payment_method=payment_method,
-        account_id=account_id,
-        payment_key=payment_key,
-        items=items,
+) -> PlacedOrder:
+    total = total_of(items)
+    written = await db.execute(
+        _INSERT_ORDER,
+        {
+            "user_id": user_id,
+            "status": status,
+            "total": total,
+            "payment_method": payment_method,
+            "account_id": account_id,
+            "payment_key": payment_key,
+        },
     )
-    db.add(order)
-    await db.flush()
+    order_id, created_at = written.one()
+    await db.execute(
+        _INSERT_ITEM,
+        [
+            {
+                "order_id": order_id,
+                "product_id": i.product_id,
+                "quantity": i.quantity,
+                "unit_price": i.unit_price,
+            }
+            for i in items
+        ],
+    )
+    order = PlacedOrder(order_id, status, total, items, created_at)
     logs.after_commit(db, "order placed", order_id=order.id, user_id=user_id, total=order.total)
     return order
 
 
-async def _take_stock(db: AsyncSession, items: Sequence[OrderItem]) -> None:
+async def _take_stock(db: AsyncSession, items: Sequence[Item]) -> None:
     """Lock the items' products in id order, then take each quantity at the price charged."""
     rows = await db.execute(_LOCKED_PRODUCTS, {"product_ids": [item.product_id for item in items]})
     locked = {product_id: (stock, price) for product_id, stock, price in rows}

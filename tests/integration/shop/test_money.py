@@ -7,6 +7,7 @@ most tests take a snapshot first and compare.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -31,7 +32,7 @@ from sqlalchemy import event, select
 from sqlalchemy.exc import OperationalError
 
 from fastapi_atomic.engine import writer_engine
-from shop.db.models import Order, OrderItem, Payment
+from shop.db.models import Order, Payment
 from shop.payments import FakeGateway, GatewayTimeout
 from shop.reconcile import reconcile
 from shop.services import orders
@@ -481,13 +482,12 @@ async def test_a_price_that_changed_during_checkout_reruns_it_at_the_new_price(
     real_priced_items = orders._priced_items
     reads = 0
 
-    async def stale_first(db: Any, lines: list[orders.Line]) -> list[OrderItem]:
+    async def stale_first(db: Any, lines: list[orders.Line]) -> list[orders.Item]:
         nonlocal reads
         reads += 1
         items = await real_priced_items(db, lines)
         if reads == 1:
-            for item in items:
-                item.unit_price = 900
+            items = [replace(item, unit_price=900) for item in items]
         return items
 
     monkeypatch.setattr(orders, "_priced_items", stale_first)
