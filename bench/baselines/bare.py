@@ -6,11 +6,12 @@ check, ORM, unit of work, idempotency, retries or failure paths beyond an error 
 this reaches is the most any library sending these statements from this stack could reach on
 this machine; the shop's distance from it is the cost of everything else it does.
 
-What the shop sends. Observed on 2026-12-02 (commit ededa7a, then 156dec8 and 9ace56b after
-it) by a scratch script that built ``shop.app.create_app(settings)`` (SQL session store, its
-cache on, fake gateway with 50 ms latency) on a scratch PostgreSQL database, drove one request
-of each kind through ``httpx.ASGITransport`` after a warm-up request of the same kind, and
-recorded ``before_cursor_execute``, ``begin`` and ``commit`` on ``app.state.engine.sync_engine``;
+What the shop sends. Observed on 2026-12-02 (commit ededa7a, then 156dec8 and 9ace56b after it; the
+INSERTs' RETURNING lists as compiled at 796bcd5) by a scratch script that built
+``shop.app.create_app(settings)`` (SQL session store, its cache on, fake gateway with 50 ms
+latency) on a scratch PostgreSQL database, drove one request of each kind through
+``httpx.ASGITransport`` after a warm-up request of the same kind, and recorded
+``before_cursor_execute``, ``begin`` and ``commit`` on ``app.state.engine.sync_engine``;
 PostgreSQL's ``log_statement = 'all'`` on that database showed the same on the wire (BEGIN and
 COMMIT as simple queries, every other statement a prepared one). Statements below as SQLAlchemy
 renders them, without its ``::TYPE`` casts; ``…`` stands for the column list before it.
@@ -36,7 +37,8 @@ Transfer (``POST /api/transfers``), on a cache hit::
     UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2   -- -amount, from
     UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2   -- +amount, to
     INSERT INTO transfers (from_account_id, to_account_id, amount, created_at)
-        VALUES ($1, $2, $3, $4) RETURNING transfers.id
+        VALUES ($1, $2, $3, $4) RETURNING transfers.id, transfers.from_account_id,
+        transfers.to_account_id, transfers.amount, transfers.created_at
     COMMIT
 
 A transfer does not change the web session; once a minute per session (the session manager's
@@ -51,7 +53,8 @@ Account checkout (``POST /api/orders``, paid from an account), on a cache hit::
         WHERE accounts.id = $1 AND accounts.user_id = $2 FOR NO KEY UPDATE
     UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2   -- -total
     INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key,
-        created_at, updated_at) VALUES ($1, …, $8) RETURNING orders.id           -- 'paid'
+        created_at, updated_at) VALUES ($1, …, $8)
+        RETURNING orders.id, orders.created_at                                    -- 'paid'
     INSERT INTO order_items (order_id, product_id, quantity, unit_price)
         VALUES ($1, $2, $3, $4) RETURNING order_items.id                         -- per item
     SELECT products.id, products.stock, products.price FROM products
@@ -75,7 +78,7 @@ Card checkout (``POST /api/orders``, paid by card, the fake gateway's 50 ms), on
     SELECT payments.id, payments.gateway_key, … FROM payments
         WHERE payments.gateway_key = $1                          -- an earlier run's: none
     SELECT products.id, products.price FROM products WHERE products.id IN ($1)
-    INSERT INTO orders (…) VALUES ($1, …, $8) RETURNING orders.id              -- 'pending'
+    INSERT INTO orders (…) VALUES ($1, …, $8) RETURNING orders.id, orders.created_at
     INSERT INTO order_items (…) VALUES ($1, $2, $3, $4) RETURNING order_items.id
     INSERT INTO payments (gateway_key, amount, status, charge_id, decline_code, order_id,
         deposit_id, charging_until, created_at, updated_at) VALUES ($1, …, $10)
@@ -176,7 +179,8 @@ ACCOUNT_LOCKED = (
 CHANGE_BALANCE = "UPDATE accounts SET balance=(accounts.balance + $1) WHERE accounts.id = $2"
 TRANSFER = (
     "INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) "
-    "VALUES ($1, $2, $3, $4) RETURNING transfers.id"
+    "VALUES ($1, $2, $3, $4) RETURNING transfers.id, transfers.from_account_id, "
+    "transfers.to_account_id, transfers.amount, transfers.created_at"
 )
 #: an earlier run's payment: the shop's reserve phase looks first, to be idempotent
 EARLIER_PAYMENT = (
@@ -187,7 +191,8 @@ EARLIER_PAYMENT = (
 )
 ORDER = (
     "INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key, "
-    "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING orders.id"
+    "created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
+    "RETURNING orders.id, orders.created_at"
 )
 ITEM = (
     "INSERT INTO order_items (order_id, product_id, quantity, unit_price) "
@@ -329,7 +334,7 @@ async def transfer(request: Request) -> Response:
             raise Refused(409, "Insufficient funds.")
         await connection.execute(CHANGE_BALANCE, -amount, source)
         await connection.execute(CHANGE_BALANCE, amount, target)
-        transfer_id = await connection.fetchval(TRANSFER, source, target, amount, _now())
+        transfer_id = (await connection.fetchrow(TRANSFER, source, target, amount, _now()))[0]
         if touch_due(record):
             saved = await _save(connection, key, record, None)
     if saved is not None:
@@ -362,7 +367,7 @@ async def _place(
 ) -> tuple[int, datetime]:
     total = order_total(lines, prices)
     created = _now()
-    order_id = await connection.fetchval(
+    order_id, created = await connection.fetchrow(
         ORDER, user_id, status, total, method, account_id, payment_key, created, created
     )
     for product_id, quantity in lines:

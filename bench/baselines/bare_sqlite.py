@@ -26,16 +26,16 @@ shop's engine no longer does that (since 9a3dcd4 its connections run on the loop
 automatic checkpoints off and a thread per file checkpointing every 0.2 s): if a run shows the
 ceiling's tail bound by checkpoints, do the same here.
 
-What the shop sends on SQLite. Observed on 2026-12-03 (commit 9ebf897; the test below passed
-again at 1ff993c) by recording SQLAlchemy's ``before_cursor_execute`` and ``commit`` on the
-engine of ``shop.app.create_app(settings)`` and on its writer engine
+What the shop sends on SQLite. Observed on 2026-12-03 (commit 9ebf897; the test below passed again
+at 1ff993c; the INSERTs as compiled at 796bcd5) by recording SQLAlchemy's ``before_cursor_execute``
+and ``commit`` on the engine of ``shop.app.create_app(settings)`` and on its writer engine
 (``fastapi_atomic.engine.writer_engine``), on a scratch SQLite file, SQL session store with its
-cache on, one request of each write through ``httpx.ASGITransport`` after a warm-up request of
-the same kind. As on PostgreSQL but for three things: the BEGIN is ``BEGIN IMMEDIATE``; there
-is no row lock (SQLite locks the file, and ``BEGIN IMMEDIATE`` took it); an INSERT has no
-RETURNING (the new id is the cursor's ``lastrowid``). Statements as SQLAlchemy renders them,
-``…`` for the column list before it. Timestamps are sent as text, as SQLAlchemy's SQLite
-DateTime stores them (``2026-12-03 06:39:05.355572``, UTC).
+cache on, one request of each write through ``httpx.ASGITransport`` after a warm-up request of the
+same kind. As on PostgreSQL but for three things: the BEGIN is ``BEGIN IMMEDIATE``; there is no row
+lock (SQLite locks the file, and ``BEGIN IMMEDIATE`` took it); the INSERTs' RETURNING names bare
+columns, and an order's items return nothing. Statements as SQLAlchemy renders them, ``…`` for the
+column list before it. Timestamps are sent as text, as SQLAlchemy's SQLite DateTime stores them
+(``2026-12-03 06:39:05.355572``, UTC).
 
 The web session as ``bare.py`` keeps it: the SQL store's cache answers every read of the
 benchmark's few dozen sessions (the SQLite store's cache is kept live by a change log the
@@ -54,6 +54,7 @@ Transfer (``POST /api/transfers``), on a cache hit::
     UPDATE accounts SET balance=(accounts.balance + ?) WHERE accounts.id = ?     -- -amount, from
     UPDATE accounts SET balance=(accounts.balance + ?) WHERE accounts.id = ?     -- +amount, to
     INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) VALUES (?, ?, ?, ?)
+        RETURNING id, from_account_id, to_account_id, amount, created_at
     COMMIT
 
 Once a minute per session the save before COMMIT also moves its ``last_seen_at`` with the
@@ -66,7 +67,8 @@ Account checkout (``POST /api/orders``, paid from an account), on a cache hit::
     SELECT accounts.balance FROM accounts WHERE accounts.id = ? AND accounts.user_id = ?
     UPDATE accounts SET balance=(accounts.balance + ?) WHERE accounts.id = ?     -- -total
     INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key,
-        created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)                 -- 'paid'
+        created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+        RETURNING id, created_at                                                -- 'paid'
     INSERT INTO order_items (order_id, product_id, quantity, unit_price)
         VALUES (?, ?, ?, ?)                                                     -- per item
     SELECT products.id, products.stock, products.price FROM products
@@ -143,11 +145,12 @@ ACCOUNTS = (
 ACCOUNT = "SELECT accounts.balance FROM accounts WHERE accounts.id = ? AND accounts.user_id = ?"
 CHANGE_BALANCE = "UPDATE accounts SET balance=(accounts.balance + ?) WHERE accounts.id = ?"
 TRANSFER = (
-    "INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) VALUES (?, ?, ?, ?)"
+    "INSERT INTO transfers (from_account_id, to_account_id, amount, created_at) "
+    "VALUES (?, ?, ?, ?) RETURNING id, from_account_id, to_account_id, amount, created_at"
 )
 ORDER = (
     "INSERT INTO orders (user_id, status, total, payment_method, account_id, payment_key, "
-    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id, created_at"
 )
 ITEM = "INSERT INTO order_items (order_id, product_id, quantity, unit_price) VALUES (?, ?, ?, ?)"
 CHANGE_STOCK = "UPDATE products SET stock=(products.stock + ?) WHERE products.id = ?"
@@ -283,7 +286,7 @@ async def transfer(request: Request) -> Response:
         connection.execute(CHANGE_BALANCE, (-amount, source))
         connection.execute(CHANGE_BALANCE, (amount, target))
         created = _timestamp()[1]
-        transfer_id = connection.execute(TRANSFER, (source, target, amount, created)).lastrowid
+        transfer_id = connection.execute(TRANSFER, (source, target, amount, created)).fetchone()[0]
         if touch_due(record):
             saved = _save(connection, key, record, None)
     if saved is not None:
@@ -336,7 +339,7 @@ async def checkout(request: Request) -> Response:
         connection.execute(CHANGE_BALANCE, (-total, account_id))
         created, text = _timestamp()
         order = (user_id, "paid", total, "account", account_id, None, text, text)
-        order_id = connection.execute(ORDER, order).lastrowid
+        order_id = connection.execute(ORDER, order).fetchone()[0]
         for product_id, quantity in lines:
             connection.execute(ITEM, (order_id, product_id, quantity, prices[product_id]))
         _take_stock(connection, lines, prices)
