@@ -208,6 +208,8 @@ def total_of(items: Iterable[Item]) -> int:
 async def _priced_items(db: AsyncSession, lines: Sequence[Line]) -> list[Item]:
     """One item per product at its current price (read without a lock); NotFound for none."""
     merged = merge_lines(lines)
+    if not merged:
+        raise Unprocessable("An order needs at least one product.")
     rows = await db.execute(_PRICES, {"product_ids": [line.product_id for line in merged]})
     prices = {product_id: price for product_id, price in rows}
     for line in merged:

@@ -46,7 +46,9 @@ async def stock(db: AsyncSession) -> int:
     return int(await db.scalar(select(Product.stock).where(Product.id == 1)) or 0)
 
 
-async def by_card(uow: FakeUnitOfWork, gateway: Any, card: str, quantity: int = 1) -> Order:
+async def by_card(
+    uow: FakeUnitOfWork, gateway: Any, card: str, quantity: int = 1
+) -> orders.PlacedOrder:
     return await orders.checkout_with_card(
         uow,
         gateway,
@@ -140,6 +142,21 @@ async def test_an_account_order_is_one_transaction(uow: FakeUnitOfWork, db: Asyn
     assert (order.status, order.total, [i.quantity for i in order.items]) == ("paid", 2000, [2])
     assert await db.scalar(select(Account.balance)) == 3000 and await stock(db) == 1
     assert uow.phases == 0
+
+
+async def test_an_order_of_nothing_is_refused_before_anything_is_written(
+    uow: FakeUnitOfWork, db: AsyncSession
+) -> None:
+    with pytest.raises(Unprocessable, match="at least one product"):
+        await orders.checkout_with_account(db, user_id=1, lines=[], account_id=1)
+    gateway = FakeGateway()
+    with pytest.raises(Unprocessable, match="at least one product"):
+        await orders.checkout_with_card(
+            uow, gateway, user_id=1, lines=[], card_number=OK, payment_key=None
+        )
+    assert gateway.charges == [] and uow.phases == 0
+    assert await db.scalar(select(Order)) is None
+    assert await db.scalar(select(Account.balance)) == 5000 and await stock(db) == 3
 
 
 async def test_an_account_of_someone_else_is_not_found(db: AsyncSession) -> None:
