@@ -140,6 +140,13 @@ def test_only_runs_the_baselines_of_the_targets_it_selects(bench: ModuleType) ->
         run.POPULAR_TRANSFER_SQLITE,
         run.IDIOM_TRANSFER_SQLITE,
     }
+    # the checkout's two: the route alone, and the route that keeps its session in a row
+    assert run.selected(run.SHOP_ACCOUNT_CHECKOUT_SQLITE) == {
+        run.SHOP_ACCOUNT_CHECKOUT_SQLITE,
+        run.POPULAR_ACCOUNT_CHECKOUT_SQLITE,
+        run.IDIOM_ACCOUNT_CHECKOUT_SQLITE,
+        run.IDIOM_ACCOUNT_CHECKOUT_SESSION_ROW_SQLITE,
+    }
     assert run.selected("session read, sql store on sqlite") == {
         run.SESSION_READ_SQLITE,
         run.FLOOR,
@@ -207,7 +214,7 @@ def test_quick_benchmark_run(
     # each write's bare statements, and the FastAPI routes of the session read and of the SQLite
     # writes with none of the library.
     names = {row["scenario"] for row in rows}
-    ceilings = {*run.CEILINGS, *run.REFERENCES.values()}
+    ceilings = {*run.CEILINGS, *(ref for refs in run.REFERENCES.values() for ref in refs)}
     assert ceilings <= names
     assert {name for name in names if name.startswith("ceiling")} == ceilings
     skipped = {row["scenario"] for row in rows if "skipped" in row}
@@ -256,10 +263,11 @@ def test_the_layers_tool_measures_every_layer(postgres_database: str) -> None:
     )
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     layers = ("bare route", "+ AtomicMiddleware", "Starlette cookie", "raw asyncpg")
-    layers += ("popular recipe", "plain AsyncSession", "FastAPI route", "POST /api/orders")
+    layers += ("popular recipe", "plain AsyncSession", "FastAPI route", "web-session row")
+    layers += ("POST /api/orders",)
     for layer in layers:
         assert any(layer in row for row in rows), result.stdout
-    assert len(rows) == 2 + 6 + 2 + 3 + 2 + 4, result.stdout
+    assert len(rows) == 2 + 6 + 2 + 3 + 2 + 5, result.stdout
 
 
 @pytest.mark.timeout(300)
