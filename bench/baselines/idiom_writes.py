@@ -16,9 +16,10 @@ generous: it is what any library could reach from this stack, before doing any o
 With ``BENCH_SESSION_ROW=1`` the checkout keeps the customer's session where the shop keeps it,
 in a row of the shop's ``web_sessions`` table (with its change-log trigger), and appends the
 order id to it in the order's transaction: one UPDATE, the JSON appended by SQLite itself, no
-read. That is the least that keeping the session with the data can cost, and nothing else of
-the library (no cookie check, cache, compare-and-set, CSRF token, idempotency key or hooks):
-how near twice the popular recipe a checkout that keeps that promise can come.
+read (``session_row.py``). That is the least that keeping the session with the data can cost,
+and nothing else of the library (no cookie check, cache, compare-and-set, CSRF token,
+idempotency key or hooks): how near twice the popular recipe a checkout that keeps that
+promise can come.
 
 Environment: BENCH_DATABASE_URL (``sqlite+aiosqlite:///…``, a file the shop made), BENCH_SECRET,
 BENCH_SESSION_ROW.
@@ -27,22 +28,21 @@ BENCH_SESSION_ROW.
 from __future__ import annotations
 
 import os
-import secrets
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.middleware.sessions import SessionMiddleware
 
 from fastapi_atomic import create_engine
 from fastapi_atomic.engine import SQLITE_BEGIN_OPTION, writer_engine
-from fastapi_atomic.websession.record import SessionRecord
 from shop.api.schemas import AccountPayment, OrderIn, OrderOut, TransferIn, TransferOut
-from shop.db.models import User, web_sessions
+from shop.db.models import User
 from shop.services import orders, transfers
+
+from . import session_row
 
 engine = create_engine(os.environ.get("BENCH_DATABASE_URL", "sqlite+aiosqlite:///bench.db"))
 SESSION_ROW = os.environ.get("BENCH_SESSION_ROW") == "1"
@@ -77,49 +77,12 @@ async def login(request: Request, body: dict[str, str]) -> dict[str, Any]:
         user = await db.scalar(select(User).where(User.email == body["email"]))
     request.session["user_id"] = user.id if user else 0
     if SESSION_ROW and user is not None:
-        request.session["session_row"] = await new_session_row(user)
+        async with writer.begin() as connection:
+            key = await session_row.create(connection, user.id, user.name, user.email)
+        request.session["session_row"] = key
     else:
         request.session["order_ids"] = []
     return {"user": {"id": request.session["user_id"]}}
-
-
-async def new_session_row(user: User) -> str:
-    """A web-session row for ``user``, as the shop's store writes one at log-in; its key."""
-    key, now = secrets.token_urlsafe(32), time.time()
-    record = SessionRecord(
-        data={"user": {"name": user.name, "email": user.email, "roles": []}, "order_ids": []},
-        created_at=now,
-        last_seen_at=now,
-        csrf_token=secrets.token_urlsafe(32),
-        public_id=secrets.token_urlsafe(16),
-        user_id=str(user.id),
-        authenticated_at=now,
-    )
-    async with writer.begin() as connection:
-        await connection.execute(
-            insert(web_sessions),
-            {
-                "key": key,
-                "version": record.version,
-                "user_id": record.user_id,
-                "record": record.to_json(),
-                "expires_at": now + 86400,
-            },
-        )
-    return key
-
-
-#: the order id appended to the session row's order_ids by SQLite, the version moved forward
-APPEND_ORDER_ID = (
-    update(web_sessions)
-    .where(web_sessions.c.key == bindparam("of_key"))
-    .values(
-        record=func.json_insert(
-            web_sessions.c.record, "$.data.order_ids[#]", bindparam("order_id")
-        ),
-        version=web_sessions.c.version + 1,
-    )
-)
 
 
 @app.post("/api/orders", status_code=201)
@@ -133,9 +96,7 @@ async def place_order(request: Request, body: OrderIn, user_id: CurrentUser, db:
         account_id=body.payment.account_id,
     )
     if "session_row" in request.session:
-        await db.execute(
-            APPEND_ORDER_ID, {"of_key": request.session["session_row"], "order_id": order.id}
-        )
+        await session_row.append_order_id(db, request.session["session_row"], order.id)
     else:
         request.session["order_ids"] = [*request.session["order_ids"], order.id]
     return OrderOut.model_validate(order)
