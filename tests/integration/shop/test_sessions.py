@@ -240,16 +240,22 @@ async def test_idle_timeout(settings_factory: SettingsFactory) -> None:
 
 
 async def test_absolute_timeout_ends_even_a_busy_session(settings_factory: SettingsFactory) -> None:
-    settings = settings_factory(session_idle_timeout=1, session_absolute_timeout=2)
+    # The idle allowance is 1.5 s (timeout plus touch interval). The absolute clock may start at
+    # sign-up, so the margins leave room for argon2 on a loaded machine: 2.5 s of reads ends
+    # well inside 5 s of sign-up, and the last read waits for 5 s after log-in has answered.
+    settings = settings_factory(session_idle_timeout=1, session_absolute_timeout=5)
+    loop = asyncio.get_running_loop()
     async with running(settings) as app, client_for(app) as browser:
         await browser.post(
             "/api/users", json={"name": "A", "email": "a@x.io", "password": "password1"}
         )
         await browser.post("/api/session", json={"email": "a@x.io", "password": "password1"})
-        for _ in range(3):  # 1.65 s: past the idle timeout, within the absolute one
-            await asyncio.sleep(0.55)
+        logged_in = loop.time()
+        for _ in range(5):
+            await asyncio.sleep(0.5)
             assert (await browser.get("/api/session")).status_code == 200  # kept busy
-        await asyncio.sleep(0.5)  # 2.15 s after login
+        assert loop.time() - logged_in > 2.0  # past the idle allowance, so only reads kept it
+        await asyncio.sleep(max(0.0, logged_in + 5.2 - loop.time()))
         assert (await browser.get("/api/session")).status_code == 401
 
 
