@@ -146,6 +146,18 @@ class RecordCache:
             self.fill(key, _freeze(record), record.version, epoch)
         return record
 
+    def newer(self, key: str, version: int) -> SessionRecord | None:
+        """The record cached under ``key`` if it is newer than ``version``, else None.
+
+        A save starts from it: a request of the same session that committed since this one
+        loaded its record most likely ran in this process, and put what it wrote here. Starting
+        from the loaded record instead would fail the compare-and-set, then read the store.
+        Nothing depends on it being current: the compare-and-set still checks the version."""
+        entry = self._entries.get(key) if self.live else None
+        if entry is None or entry.frozen is None or entry.version <= version:
+            return None
+        return SessionRecord(**pickle.loads(entry.frozen))
+
     def keep_on_commit(self, uow: UnitOfWork, key: str, record: SessionRecord) -> None:
         """``uow`` wrote ``record`` under ``key``: cache it once, and only if, it commits."""
         if not self.live:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -289,6 +290,42 @@ async def test_the_writer_serves_what_it_committed_from_memory(
     record = await load(writer, engine, key)
     assert record is not None and record.data == {"step": 2} and record.version == 2
     assert cache.misses == misses, "the writer read its own write from the store"
+
+
+async def test_a_save_starts_from_the_version_another_request_of_this_process_committed(
+    two_processes: tuple[list[WebSessionStore], AsyncEngine],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two requests of one session load version 1; the first appends and commits. The second
+    replays its append on the version the first cached: one compare-and-set, no read of the
+    store, and both appends kept."""
+    (store, _), engine = two_processes
+    key = await stored(store, engine, make_record("12", order_ids=[]))
+    first, second = await load(store, engine, key), await load(store, engine, key)
+    assert first is not None and second is not None and second.version == 1
+    async with atomic(engine) as uow:
+        await store.update(key, Changes([("append", "order_ids", 1)]), uow, current=first)
+
+    calls: list[str] = []
+    compare_and_set, read = store.compare_and_set, store.read
+
+    async def counted_compare_and_set(*args: Any) -> bool:
+        calls.append("compare-and-set")
+        return await compare_and_set(*args)
+
+    async def counted_read(*args: Any) -> SessionRecord | None:
+        calls.append("read")
+        return await read(*args)
+
+    monkeypatch.setattr(store, "compare_and_set", counted_compare_and_set)
+    monkeypatch.setattr(store, "read", counted_read)
+    async with atomic(engine) as uow:
+        saved = await store.update(key, Changes([("append", "order_ids", 2)]), uow, current=second)
+    assert calls == ["compare-and-set"]
+    assert saved is not None and saved.data == {"order_ids": [1, 2]} and saved.version == 3
+    monkeypatch.undo()
+    record = await load(store, engine, key)
+    assert record is not None and record.data == {"order_ids": [1, 2]} and record.version == 3
 
 
 async def test_writes_alternating_between_processes_are_each_seen_by_the_other(

@@ -238,3 +238,28 @@ async def test_read_record_reads_the_store_while_the_feed_is_down(cache: RecordC
     assert await cache.read_record("k", store.read) == RECORD
     assert await cache.read_record("k", store.read) == RECORD
     assert store.reads == 2 and len(cache) == 0
+
+
+async def test_newer_gives_a_save_the_version_this_process_committed_since(
+    cache: RecordCache,
+) -> None:
+    uow = FakeUnitOfWork()
+    cache.keep_on_commit(uow, "k", replace(RECORD, version=4))
+    assert cache.newer("k", 3) is None  # not before the COMMIT
+    await uow.commit()
+    newer, again = cache.newer("k", 3), cache.newer("k", 3)
+    assert newer == again == replace(RECORD, version=4)
+    assert newer is not None and again is not None and newer.data is not again.data  # own copies
+    assert cache.newer("k", 4) is None  # what the request loaded is as new
+    assert cache.newer("k", 5) is None  # newer than what is cached
+    assert cache.newer("other", 0) is None
+
+
+def test_newer_never_gives_a_deleted_record_or_one_from_a_dark_cache(cache: RecordCache) -> None:
+    cache.fill("k", pickle.dumps(vars(replace(RECORD, version=4))), 4, cache.epoch)
+    cache.on_message("k -")
+    assert cache.newer("k", 3) is None
+    cache.fill("j", pickle.dumps(vars(replace(RECORD, version=4))), 4, cache.epoch)
+    assert cache.newer("j", 3) is not None
+    cache.go_dark()
+    assert cache.newer("j", 3) is None
