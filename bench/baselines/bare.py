@@ -294,7 +294,7 @@ async def _save(connection: Any, key: str, record: Record, order_id: int | None)
     """The session's compare-and-set before COMMIT (the order id appended, if any); on a lost
     race, read again in the transaction and repeat. None if the session is gone."""
     now = time.time()
-    current: Record | None = record
+    current: Record | None = sessions.newer(key, record["version"]) or record
     for _ in range(COMPARE_AND_SET_ATTEMPTS):
         if current is None:
             text = await connection.fetchval(SESSION, key)

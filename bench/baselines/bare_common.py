@@ -87,6 +87,12 @@ class SessionCache:
             return None
         return entry[0]
 
+    def newer(self, key: str, version: int) -> Record | None:
+        """The cached record if it is newer than ``version``: a save starts from it, as the
+        shop's does (another request of the session committed it since this one loaded)."""
+        entry = self._entries.get(key)
+        return entry[0] if entry is not None and entry[0]["version"] > version else None
+
     def keep(self, key: str, record: Record) -> None:
         """Cache ``record`` unless a newer version of it is cached already."""
         entry = self._entries.get(key)

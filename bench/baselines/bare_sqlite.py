@@ -247,7 +247,7 @@ def _save(connection: Any, key: str, record: Record, order_id: int | None) -> Re
     """The session's compare-and-set before COMMIT (the order id appended, if any); if it
     updated no row, read again in the transaction and repeat. None if the session is gone."""
     now = time.time()
-    current: Record | None = record
+    current: Record | None = sessions.newer(key, record["version"]) or record
     for _ in range(COMPARE_AND_SET_ATTEMPTS):
         if current is None:
             row = connection.execute(SESSION, (key,)).fetchone()
