@@ -7,6 +7,7 @@ without a paid order, whichever side of the charge the crash fell on.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import subprocess
 import threading
 import time
@@ -41,6 +42,28 @@ def order_in_background(url: str, product_id: int) -> threading.Thread:
     thread = threading.Thread(target=place, daemon=True)
     thread.start()
     return thread
+
+
+def wait_for_reservation(database: Path, within: float = 30) -> None:
+    """Until the order's first phase (stock held, payment pending and leased) is committed."""
+    deadline = time.monotonic() + within
+    while True:
+        with contextlib.closing(sqlite3.connect(database, timeout=5)) as connection:
+            query = "SELECT count(*) FROM payments WHERE status = 'pending'"
+            if connection.execute(query).fetchone()[0]:
+                return
+        assert time.monotonic() < deadline, f"no reservation within {within} s"
+        time.sleep(0.02)
+
+
+def charges_at(gateway: Process, *, at_least: int = 0, within: float = 30) -> list[Any]:
+    """The gateway's charges, once there are ``at_least`` (or ``within`` seconds passed)."""
+    deadline = time.monotonic() + within
+    while True:
+        charges: list[Any] = httpx.get(f"{base_url(gateway)}/v1/charges").json()
+        if len(charges) >= at_least or time.monotonic() > deadline:
+            return charges
+        time.sleep(0.1)
 
 
 def state(url: str) -> dict[str, Any]:
@@ -81,17 +104,22 @@ def test_crash_between_phases_then_reconcile(tmp_path: Path, gateway_survives: b
     try:
         product_id = setup_shop(base_url(server))
         ordered_at = time.monotonic()
-        order_in_background(base_url(server), product_id)
-        time.sleep(0.8)  # phase 1 committed, the charge is in flight
+        order_in_background(base_url(server), product_id)  # logs in (argon2), then sends it
+        sent_at = time.monotonic()  # the lease is taken after this
+        # Waited for, not slept for: a loaded machine may take longer to get there. Then the
+        # request to the gateway (milliseconds) is given 0.5 s to arrive; the charge takes
+        # 1.5 s there, so the server dies with it in flight.
+        wait_for_reservation(tmp_path / "shop.db")
+        time.sleep(0.5)
         server.kill()
         if not gateway_survives:
             gateway.kill()
             gateway = fake_gateway(
                 tmp_path, latency_ms=0, port=int(base_url(gateway).rsplit(":", 1)[1])
             ).start()
+            charges = charges_at(gateway)
         else:
-            time.sleep(1.2)  # the gateway finishes the charge nobody waits for
-        charges = httpx.get(f"{base_url(gateway)}/v1/charges").json()
+            charges = charges_at(gateway, at_least=1)  # the charge nobody waits for, finished
         assert len(charges) == (1 if gateway_survives else 0)
 
         restarted = shop_server(tmp_path, env).start()
@@ -101,7 +129,7 @@ def test_crash_between_phases_then_reconcile(tmp_path: Path, gateway_survives: b
         if time.monotonic() - ordered_at < 4:
             leased = reconcile(tmp_path, env, check=False)
             assert "settled: 0\nreleased: 0\nstill pending: 1" in leased
-        time.sleep(max(0.0, ordered_at + 9.5 - time.monotonic()))  # the lease ran out
+        time.sleep(max(0.0, sent_at + 9.5 - time.monotonic()))  # the lease ran out
         output = reconcile(tmp_path, env)
         after = state(base_url(restarted))
         if gateway_survives:

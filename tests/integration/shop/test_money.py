@@ -720,13 +720,29 @@ async def test_a_slow_order_overlapping_logout_does_not_revive_the_session(
     mug = await add_product(admin, "mug", 100, 10)
     cookie = shopper.client.cookies["shop_session"]
     gateway.latency_ms = 300
-    slow = asyncio.create_task(order(shopper, [(mug, 1)], card()))
-    await asyncio.sleep(0.1)
-    async with client_for(app) as other_tab:
-        other_tab.cookies.set("shop_session", cookie, domain="shop.test")
-        logout = await other_tab.delete("/api/session", headers=shopper.headers())
-        assert logout.status_code == 204
-    assert (await slow).status_code == 201  # the order itself went through
+    real_charge = gateway.charge
+    charging, logged_out = asyncio.Event(), asyncio.Event()
+
+    async def charge(**kwargs: Any) -> Any:
+        # The order has read its session and reserved; its charge waits for the logout to end,
+        # so that the two overlap however slow the machine (rather than a sleep being enough).
+        charging.set()
+        await asyncio.wait_for(logged_out.wait(), 10)
+        return await real_charge(**kwargs)
+
+    gateway.charge = charge  # type: ignore[method-assign]
+    try:
+        slow = asyncio.create_task(order(shopper, [(mug, 1)], card()))
+        await asyncio.wait_for(charging.wait(), 10)
+        async with client_for(app) as other_tab:
+            other_tab.cookies.set("shop_session", cookie, domain="shop.test")
+            logout = await other_tab.delete("/api/session", headers=shopper.headers())
+            assert logout.status_code == 204
+        logged_out.set()
+        assert (await slow).status_code == 201  # the order itself went through
+    finally:
+        logged_out.set()  # never leave the order waiting (a failed assertion above)
+        gateway.charge = real_charge  # type: ignore[method-assign]
     async with client_for(app) as replay:
         replay.cookies.set("shop_session", cookie, domain="shop.test")
         assert (await replay.get("/api/session")).status_code == 401

@@ -158,7 +158,9 @@ async def test_a_write_waits_off_the_loop_for_another_connections_lock(
         released.join()
         other.close()
     assert waited >= 0.25  # it did wait for the lock, not fail or skip it
-    assert ticks >= 10  # and the loop ran other tasks meanwhile
+    # and the loop ran other tasks meanwhile: a wait on the loop would leave 2 ticks at most; the
+    # bound leaves room for a loaded machine, whose loop ticks less often than every 10 ms
+    assert ticks >= 5
     assert await count(engine) == 1
 
 

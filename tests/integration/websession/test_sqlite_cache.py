@@ -37,8 +37,10 @@ from fastapi_atomic.websession.record import Changes, SessionRecord
 from fastapi_atomic.websession.stores.sql_trigger import change_log_name, sqlite_trigger_names
 
 App = tuple[AsyncEngine, SqlStore]
-#: a generous bound for CI; the benchmark measures the real figure
-REVOCATION_BOUND = 0.05
+#: a bound for a loaded CI machine, not a measure of speed (``make bench`` measures the window).
+#: A feed that hears nothing leaves the record cached for the cache's max_age (60 s), and
+#: ``eventually`` gives up after 5 s.
+REVOCATION_BOUND = 0.25
 LOG = change_log_name(SESSIONS)
 
 
@@ -346,7 +348,10 @@ async def test_a_purge_that_meets_a_writer_neither_waits_on_the_loop_nor_drops_t
         while time.monotonic() - started < 0.3:
             await asyncio.sleep(0.005)
             ticks += 1
-        assert ticks >= 30, f"the loop ticked {ticks} times in 0.3 s"  # 60 if nothing waited
+        # 60 ticks if nothing waits; the bound leaves room for a loaded machine. A purge that
+        # waited for the lock on the loop would stall it for its busy timeout at every try
+        # (every 10 ms): 30 ms or more of it leaves fewer than 10 ticks.
+        assert ticks >= 10, f"the loop ticked {ticks} times in 0.3 s"
         assert cache.live
         assert len(await log_rows(writer[0])) == rows  # nothing could be purged meanwhile
     finally:
