@@ -13,16 +13,17 @@ Two tables, each from interleaved rounds in one process (medians, in microsecond
 2. One UPDATE in a transaction, CPU per statement: raw asyncpg against SQLAlchemy's
    AsyncConnection and the unit of work's AsyncSession (the shop's statements are Core
    statements built once, as here).
-3. An account checkout on SQLite (target T12's write), requests a second with 64 customers at
-   once: the popular recipe (T12's baseline), the shop's checkout service on a plain
-   AsyncSession (no FastAPI, none of the library), the same in an idiomatic FastAPI route
-   (body and response models, the AsyncSession from a yield dependency, still none of the
-   library), and the shop's POST /api/orders. It says what share of the target the
-   idiomatic stack leaves to the library. One row adds to that route the least the library's
-   promise costs, and nothing else: the customer's web-session row (the shop's table, with its
-   change-log trigger) appended the new order id in the order's transaction, by one UPDATE
-   (``baselines/session_row.py``, as ``make bench``'s reference row). What lies between that
-   row and the shop's is the rest of the library's work and the shop's, per request.
+3. An account checkout on SQLite (target T12's write), requests a second with 64 at once, each
+   the next of 64 customers in turn as the benchmark's load sends them: the popular recipe
+   (T12's baseline), the shop's checkout service on a plain AsyncSession (no FastAPI, none of
+   the library), the same in an idiomatic FastAPI route (body and response models, the
+   AsyncSession from a yield dependency, still none of the library), and the shop's POST
+   /api/orders. It says what share of the target the idiomatic stack leaves to the library.
+   One row adds to that route the least the library's promise costs, and nothing else: the
+   customer's web-session row (the shop's table, with its change-log trigger) appended the new
+   order id in the order's transaction, by one UPDATE (``baselines/session_row.py``, as ``make
+   bench``'s reference row). What lies between that row and the shop's is the rest of the
+   library's work and the shop's, per request.
 
 The ASGI app is called directly with a prepared scope, so what is measured is the app's own
 work; uvicorn's parsing and the socket come on top of every row alike. The garbage collector is
@@ -463,16 +464,23 @@ async def sqlite_checkout_layers(database_url: str) -> list[tuple[str, float]]:
         async def rate(way: Callable[[Customer, int], Awaitable[int]], seconds: float) -> float:
             until = time.perf_counter() + seconds
 
-            async def customer_loop(customer: Customer) -> int:
+            # As the benchmark's load is sent (bench/lua/rotate.lua in each of wrk's two
+            # threads): each thread's connections take the next customer of one counter per
+            # thread, so requests of one session overlap, as they do over HTTP.
+            turns = [0, 0]
+
+            async def connection(thread: int) -> int:
                 done = 0
                 while time.perf_counter() < until:
+                    turns[thread] += 1
+                    customer = customers[turns[thread] % len(customers)]
                     status = await way(customer, products[done % len(products)])
                     assert status == 201, status
                     done += 1
                 return done
 
             started = time.perf_counter()
-            done = await asyncio.gather(*(customer_loop(customer) for customer in customers))
+            done = await asyncio.gather(*(connection(n % 2) for n in range(len(customers))))
             return sum(done) / (time.perf_counter() - started)
 
         for way in ways.values():
