@@ -137,7 +137,7 @@ class RecordCache:
             if frozen is not None:
                 if counters is not None:
                     counters.hits.inc()
-                return SessionRecord(**pickle.loads(frozen))
+                return _thaw(frozen)
         if counters is not None:
             counters.misses.inc()
         epoch = self.epoch
@@ -156,7 +156,7 @@ class RecordCache:
         entry = self._entries.get(key) if self.live else None
         if entry is None or entry.frozen is None or entry.version <= version:
             return None
-        return SessionRecord(**pickle.loads(entry.frozen))
+        return _thaw(entry.frozen)
 
     def keep_on_commit(self, uow: UnitOfWork, key: str, record: SessionRecord) -> None:
         """``uow`` wrote ``record`` under ``key``: cache it once, and only if, it commits."""
@@ -211,6 +211,11 @@ def _right_after_commit(uow: UnitOfWork, hook: Callable[[], None]) -> None:
 
 def _freeze(record: SessionRecord) -> bytes:
     return pickle.dumps(vars(record), pickle.HIGHEST_PROTOCOL)
+
+
+def _thaw(frozen: bytes) -> SessionRecord:
+    """A record of its own, for one request: nobody else holds its values."""
+    return SessionRecord(**pickle.loads(frozen))
 
 
 def message(key: str, version: float | None) -> str:

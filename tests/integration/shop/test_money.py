@@ -715,11 +715,11 @@ async def test_a_slow_order_overlapping_logout_does_not_revive_the_session(
     admin: Shopper,
     new_shopper: NewShopper,
     gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     shopper: Shopper = await new_shopper()
     mug = await add_product(admin, "mug", 100, 10)
     cookie = shopper.client.cookies["shop_session"]
-    gateway.latency_ms = 300
     real_charge = gateway.charge
     charging, logged_out = asyncio.Event(), asyncio.Event()
 
@@ -730,7 +730,7 @@ async def test_a_slow_order_overlapping_logout_does_not_revive_the_session(
         await asyncio.wait_for(logged_out.wait(), 10)
         return await real_charge(**kwargs)
 
-    gateway.charge = charge  # type: ignore[method-assign]
+    monkeypatch.setattr(gateway, "charge", charge)
     try:
         slow = asyncio.create_task(order(shopper, [(mug, 1)], card()))
         await asyncio.wait_for(charging.wait(), 10)
@@ -742,7 +742,6 @@ async def test_a_slow_order_overlapping_logout_does_not_revive_the_session(
         assert (await slow).status_code == 201  # the order itself went through
     finally:
         logged_out.set()  # never leave the order waiting (a failed assertion above)
-        gateway.charge = real_charge  # type: ignore[method-assign]
     async with client_for(app) as replay:
         replay.cookies.set("shop_session", cookie, domain="shop.test")
         assert (await replay.get("/api/session")).status_code == 401

@@ -140,11 +140,10 @@ class WebSessionStore(abc.ABC):
     ) -> SessionRecord | None:
         """Replay ``changes`` on the newest record; returns what was written.
 
-        ``current`` is the record as the request loaded it, or the newer one this process's cache
-        holds by now: tried first, it saves a read when nobody else changed the session
-        meanwhile (the common case). None, writing nothing, when the
-        record is gone: a session destroyed by a logout or a regeneration meanwhile is never
-        written back into existence.
+        ``current`` is the record as the request loaded it, or the newer one this process's
+        cache holds by now: tried first, it saves a read when nobody else changed the session
+        meanwhile (the common case). None, writing nothing, when the record is gone: a session
+        destroyed by a logout or a regeneration meanwhile is never written back into existence.
         """
         if current is not None and self.cache is not None:
             current = self.cache.newer(key, current.version) or current
