@@ -189,6 +189,19 @@ def migrate(url: str) -> None:
     upgrade_sync(url)
 
 
+def start_process(args: list[str], **options: Any) -> subprocess.Popen[Any]:
+    """``subprocess.Popen``; then, if a SIGTERM came meanwhile, the child is killed and the run
+    unwinds. With a ``preexec_fn`` the fork runs Python's at-fork hooks; a SIGTERM that lands
+    there has its handler run inside one, and the SystemExit it raises is lost ("Exception
+    ignored in ... _releaseLock")."""
+    process = subprocess.Popen(args, **options)
+    if _sigterm is not None:
+        process.kill()
+        process.wait()
+        stop_if_terminated()
+    return process
+
+
 def _die_with_parent() -> None:
     """In the server's process, before it runs: the kernel ends it when the benchmark's process
     ends, however that ends (a SIGKILL too), so no server outlives its run."""
@@ -207,7 +220,7 @@ class Server:
         args += ["--no-access-log", "--log-level", "warning"] + (["--factory"] if factory else [])
         self.log = workdir / f"server-{self.port}.log"
         with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
+            self.process = start_process(
                 args,
                 env={**os.environ, "PYTHONPATH": str(HERE.parent), **env},
                 cwd=workdir,
@@ -1051,7 +1064,7 @@ class CacheProbe:
     take seconds); :meth:`answer` is None if it cannot tell."""
 
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
-        self.process = subprocess.Popen(
+        self.process = start_process(
             [PYTHON, "-c", "import bench.run as run; run.print_session_cache_live()"],
             env={**os.environ, "PYTHONPATH": str(HERE.parent), **env},
             cwd=workdir,
@@ -1223,6 +1236,7 @@ def main(argv: list[str] | None = None) -> int:
             chosen = selected(args.only) if args.only else None
             # (--quick checks the harness, not the numbers: one floor is enough there.)
             for scenario in all_scenarios if args.quick else [*all_scenarios, again]:
+                stop_if_terminated()
                 if chosen is not None and scenario.app != "floor" and scenario.name not in chosen:
                     continue
                 missing = available(scenario.needs)
@@ -1269,8 +1283,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: the SIGTERM received, if one was: kept, so that one whose SystemExit Python lost still stops
+#: the run at the next :func:`stop_if_terminated`
+_sigterm: int | None = None
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
+    global _sigterm
+    _sigterm = signum
     raise SystemExit(128 + signum)
+
+
+def stop_if_terminated() -> None:
+    if _sigterm is not None:
+        raise SystemExit(128 + _sigterm)
 
 
 def judge_targets(

@@ -332,6 +332,47 @@ def test_a_stopped_benchmark_leaves_nothing_behind(postgres_database: str) -> No
     admin.dispose()
 
 
+#: a run whose SIGTERM lands in the fork's own hooks, where Python loses the handler's
+#: SystemExit; the child is a process that would otherwise outlive the test by a minute
+SIGTERM_IN_A_FORK = """
+import os, signal, subprocess, sys
+import bench.run as run
+
+signal.signal(signal.SIGTERM, run._exit_on_sigterm)
+fired = []
+
+def terminate_once():
+    if not fired:
+        fired.append(True)
+        signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the hook
+
+os.register_at_fork(after_in_parent=terminate_once)
+# With a preexec_fn, as the servers have, subprocess runs the at-fork hooks.
+child = run.start_process(
+    [sys.executable, "-c", "import time; time.sleep(60)"],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+    preexec_fn=run._die_with_parent,
+)
+print("went on", child.pid, flush=True)
+"""
+
+
+def test_a_sigterm_lost_in_a_fork_still_stops_the_run() -> None:
+    """The test above once saw its SIGTERM land while a server was being forked: Python ran the
+    handler in an at-fork hook, lost its SystemExit, and the run went on. Now it stops."""
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_IN_A_FORK],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Exception ignored" in result.stderr, result.stderr  # it did land in the hook
+    assert "went on" not in result.stdout, result.stdout
+    assert result.returncode == 128 + signal.SIGTERM, result.stderr
+
+
 def child_processes(pid: int) -> list[int]:
     """The processes whose parent is ``pid`` (from /proc: no psutil needed)."""
     found = []
