@@ -189,6 +189,22 @@ def migrate(url: str) -> None:
     upgrade_sync(url)
 
 
+#: the SIGTERM received, if one was: kept, so that one whose SystemExit Python lost still stops
+#: the run at the next :func:`stop_if_terminated`
+_sigterm: int | None = None
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    global _sigterm
+    _sigterm = signum
+    raise SystemExit(128 + signum)
+
+
+def stop_if_terminated() -> None:
+    if _sigterm is not None:
+        raise SystemExit(128 + _sigterm)
+
+
 def start_process(args: list[str], **options: Any) -> subprocess.Popen[Any]:
     """``subprocess.Popen``; then, if a SIGTERM came meanwhile, the child is killed and the run
     unwinds. With a ``preexec_fn`` the fork runs Python's at-fork hooks; a SIGTERM that lands
@@ -1281,22 +1297,6 @@ def main(argv: list[str] | None = None) -> int:
         windows=windows,
     )
     return 0
-
-
-#: the SIGTERM received, if one was: kept, so that one whose SystemExit Python lost still stops
-#: the run at the next :func:`stop_if_terminated`
-_sigterm: int | None = None
-
-
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    global _sigterm
-    _sigterm = signum
-    raise SystemExit(128 + signum)
-
-
-def stop_if_terminated() -> None:
-    if _sigterm is not None:
-        raise SystemExit(128 + _sigterm)
 
 
 def judge_targets(

@@ -333,7 +333,7 @@ def test_a_stopped_benchmark_leaves_nothing_behind(postgres_database: str) -> No
 
 
 #: a run whose SIGTERM lands in the fork's own hooks, where Python loses the handler's
-#: SystemExit; the child is a process that would otherwise outlive the test by a minute
+#: SystemExit; its child sleeps a minute, so the run must kill it rather than wait for it
 SIGTERM_IN_A_FORK = """
 import os, signal, subprocess, sys
 import bench.run as run
